@@ -1,0 +1,52 @@
+# Lockgate developer commands. `make run` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= conf/lockgate.yaml
+PORT   ?= 8080
+
+.PHONY: run test lint format bench check-config clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+var/dev-key: | $(STAMP)
+	@mkdir -p var
+	@umask 077 && $(BIN)/lockgate keys generate --quiet > var/dev-key
+
+run: $(STAMP) var/dev-key
+	@echo ""
+	@echo "  Lockgate on http://127.0.0.1:$(PORT) with $(CONFIG)"
+	@echo "  API key: $$(cat var/dev-key)"
+	@echo "  Try:     curl http://127.0.0.1:$(PORT)/v1/chat/completions \\"
+	@echo "             -H \"Authorization: Bearer $$(cat var/dev-key)\" -H 'Content-Type: application/json' \\"
+	@echo "             -d '{\"model\": \"mock\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+	@echo ""
+	$(BIN)/lockgate serve --config $(CONFIG) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.run --write docs/benchmarks.md
+
+check-config: $(STAMP)
+	$(BIN)/lockgate check-config --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

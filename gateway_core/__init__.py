@@ -1,0 +1,43 @@
+"""Lockgate: an LLM API gateway. This module is the public API for plugin authors."""
+
+from gateway_core.balancing import Balancer
+from gateway_core.commands import Command
+from gateway_core.config import DeploymentConfig, GatewayConfig, load_config, parse_config
+from gateway_core.dlp import DlpFilter
+from gateway_core.errors import ConfigError, GatewayError, bad_request
+from gateway_core.gateway import Gateway
+from gateway_core.hookspecs import hookimpl
+from gateway_core.http import HttpClient
+from gateway_core.providers import ChatStream, CompletedResponse, NoOptions, Provider, ProviderCall
+from gateway_core.routes import ExtraRoute
+from gateway_core.routing import Deployment, ModelGroup
+from gateway_core.types import Principal, RequestContext, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Balancer",
+    "ChatStream",
+    "Command",
+    "CompletedResponse",
+    "ConfigError",
+    "Deployment",
+    "DeploymentConfig",
+    "DlpFilter",
+    "ExtraRoute",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "HttpClient",
+    "ModelGroup",
+    "NoOptions",
+    "Principal",
+    "Provider",
+    "ProviderCall",
+    "RequestContext",
+    "Usage",
+    "bad_request",
+    "hookimpl",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,79 @@
+"""The Starlette application: core routes, plugin routes, error rendering and life cycle."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway_core.config import GatewayConfig
+from gateway_core.errors import ConfigError, GatewayError
+from gateway_core.gateway import Gateway
+from gateway_core.middleware import RequestIdMiddleware
+from gateway_core.pipeline import ModelEndpoint
+from gateway_core.routes import meta, openai
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return Response(exc.openai_body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}."
+    else:
+        message = str(exc.detail)
+    error = GatewayError(
+        exc.status_code, message, code=_HTTP_CODES.get(exc.status_code), headers=exc.headers or None
+    )
+    return await _gateway_error(request, error)
+
+
+def create_app(
+    config: GatewayConfig | Gateway, *, extra_plugins: Iterable[tuple[str, object]] = ()
+) -> Starlette:
+    """Build the ASGI application for one worker from a configuration (or a ready ``Gateway``)."""
+    gateway = config if isinstance(config, Gateway) else Gateway(config, extra_plugins=extra_plugins)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes = [
+        Route("/v1/chat/completions", ModelEndpoint(gateway, "chat"), methods=["POST"]),
+        Route("/v1/embeddings", ModelEndpoint(gateway, "embeddings"), methods=["POST"]),
+        Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
+        Route("/health", meta.health, methods=["GET"]),
+        Route("/ready", meta.ready, methods=["GET"]),
+        Route("/-/plugins", meta.plugins, methods=["GET"]),
+    ]
+    taken = {route.path for route in routes}
+    for extra in gateway.extra_routes:
+        if extra.path in taken:
+            raise ConfigError(f"a plugin route shadows the core route {extra.path}")
+        routes.append(Route(extra.path, extra.endpoint, methods=list(extra.methods), name=extra.name))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,254 @@
+"""Loading and validating the YAML configuration.
+
+Strings may reference secrets: ``${VAR}`` (environment; an error when unset), ``${VAR:-default}``
+and ``${file:path}`` (a file's content without the trailing newline; relative paths resolve against the
+config file's folder). ``$${`` writes a literal ``${``. A deployment marked ``optional: true`` whose
+references are unset is left out with a log line instead of failing start-up, so real providers
+switch on when their key is in the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+
+from gateway_core.errors import ConfigError
+
+log = logging.getLogger("lockgate.config")
+
+M = TypeVar("M", bound=BaseModel)
+
+_REFERENCE = re.compile(r"\$(\$?)\{([^}]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TimeoutConfig(_Strict):
+    """Upstream timeouts in seconds."""
+
+    connect: float = Field(10.0, gt=0, description="establishing the TCP/TLS connection")
+    read: float = Field(300.0, gt=0, description="longest wait for the next bytes (first token included)")
+    total: float | None = Field(None, gt=0, description="whole call including the streamed body; none = unbounded")
+
+
+class DeploymentConfig(_Strict):
+    """One provider deployment serving a model group."""
+
+    id: str | None = None
+    provider: str
+    model: str | None = Field(None, description="model name at the upstream; defaults to the group name")
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    weight: float = Field(1.0, gt=0)
+    timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    proxy: str | None = None
+    optional: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelGroupConfig(_Strict):
+    """A model name clients use, served by one or more deployments."""
+
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    strategy: str = "round_robin"
+    owned_by: str = "lockgate"
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    keep_alive_timeout: float = Field(75.0, gt=0)
+    graceful_timeout: float = Field(30.0, ge=0)
+    access_log: bool = False
+
+
+class HttpConfig(_Strict):
+    """The worker's shared upstream connection pool."""
+
+    max_connections: int = Field(0, ge=0, description="0 = no limit")
+    max_connections_per_host: int = Field(0, ge=0, description="0 = no limit")
+    keepalive_timeout: float = Field(60.0, gt=0)
+    dns_cache_seconds: int = Field(300, ge=0)
+
+
+class LoggingConfig(_Strict):
+    level: str = "INFO"
+    json_lines: bool = Field(False, alias="json")
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    models: dict[str, ModelGroupConfig] = Field(default_factory=dict)
+    #: ``name: {enabled: bool, ...plugin options}``; plugins not named here are enabled.
+    plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+
+    _source: str = PrivateAttr("<config>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def disabled_plugins(self) -> set[str]:
+        return {name for name, conf in self.plugins.items() if conf and conf.get("enabled") is False}
+
+    def plugin_options(self, name: str) -> dict[str, Any]:
+        conf = dict(self.plugins.get(name) or {})
+        conf.pop("enabled", None)
+        return conf
+
+    def plugin_config(self, name: str, model: type[M]) -> M:
+        """Validate the options of plugin ``name`` against ``model``; errors name the file and key."""
+        try:
+            return model.model_validate(self.plugin_options(name))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(self._source, exc, prefix=("plugins", name))) from None
+
+
+class _Unset:
+    """Placeholder for a reference to an environment variable that is not set."""
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+
+
+def _resolve_string(value: str, base: Path) -> str | _Unset:
+    unset: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):  # $${...} escapes a literal ${...}
+            return "${" + match.group(2) + "}"
+        ref = match.group(2).strip()
+        if ref.startswith("file:"):
+            path = Path(os.path.expanduser(ref[5:].strip()))
+            path = path if path.is_absolute() else base / path
+            try:
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+        name, sep, default = ref.partition(":-")
+        if name in os.environ and (os.environ[name] or not sep):
+            return os.environ[name]
+        if sep:
+            return default
+        unset.append(name)
+        return ""
+
+    resolved = _REFERENCE.sub(replace, value)
+    return _Unset(unset[0]) if unset else resolved
+
+
+def _resolve(node: Any, base: Path, path: tuple[str | int, ...], unset: dict[tuple[str | int, ...], str]) -> Any:
+    if isinstance(node, str):
+        if "${" not in node:
+            return node
+        try:
+            value = _resolve_string(node, base)
+        except ConfigError as exc:
+            raise ConfigError(f"{_dotted(path)}: {exc}") from None
+        if isinstance(value, _Unset):
+            unset[path] = value.variable
+            return ""
+        return value
+    if isinstance(node, dict):
+        return {key: _resolve(value, base, (*path, str(key)), unset) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve(value, base, (*path, index), unset) for index, value in enumerate(node)]
+    return node
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def format_validation_error(source: str, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors():
+        loc = _dotted((*prefix, *error["loc"]))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {loc}: {message}")
+    return "\n".join(lines)
+
+
+def _drop_unset_optional_deployments(data: dict[str, Any], unset: dict[tuple[str | int, ...], str]) -> None:
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return
+    for group_name, group in list(models.items()):
+        deployments = group.get("deployments") if isinstance(group, dict) else None
+        if not isinstance(deployments, list):
+            continue
+        kept = []
+        for index, deployment in enumerate(deployments):
+            prefix = ("models", str(group_name), "deployments", index)
+            missing = sorted({var for path, var in unset.items() if path[:4] == prefix})
+            if missing and isinstance(deployment, dict) and deployment.get("optional") is True:
+                log.info(
+                    "deployment %s of model %r is off: %s not set",
+                    index, group_name, ", ".join(missing),
+                )
+                for path in [p for p in unset if p[:4] == prefix]:
+                    del unset[path]
+                continue
+            kept.append(deployment)
+        if kept:
+            group["deployments"] = kept
+        else:
+            del models[group_name]
+
+
+def parse_config(data: Mapping[str, Any] | None, *, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
+    """Resolve references in ``data`` and validate it."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    unset: dict[tuple[str | int, ...], str] = {}
+    try:
+        resolved = _resolve(dict(data), base or Path.cwd(), (), unset)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _drop_unset_optional_deployments(resolved, unset)
+    if unset:
+        lines = [f"{source}: invalid configuration"]
+        lines += [f"  {_dotted(path)}: environment variable {var} is not set" for path, var in unset.items()]
+        raise ConfigError("\n".join(lines))
+    try:
+        config = GatewayConfig.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    config._source = source
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a YAML configuration file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(file), base=file.resolve().parent)

@@ -1,0 +1,48 @@
+"""Logging set-up, with a last line of defence against secrets in log lines."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import orjson
+
+from gateway_core.config import LoggingConfig
+
+_SECRET = re.compile(r"(?i)(bearer\s+|x-api-key[\"':=\s]+|api[_-]?key[\"':=\s]+)([A-Za-z0-9._\-]{8,})|\b(sk-[A-Za-z0-9_\-]{8,})")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks bearer tokens and API-key-looking strings in every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(
+            {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        ).decode()
+
+
+def configure_logging(config: LoggingConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(
+        JsonFormatter() if config.json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    for name in ("lockgate", "hypercorn.error", "hypercorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("lockgate").setLevel(config.level.upper())

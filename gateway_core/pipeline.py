@@ -1,0 +1,322 @@
+"""The request path of the model endpoints: auth, body, routing, policies, provider call, answer.
+
+Endpoints are plain ASGI callables so the pipeline owns the whole exchange: it reads the body once
+with a size limit, watches for the client going away (which cancels the upstream call or stream),
+answers errors in the client's dialect and settles every request exactly once, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+from gateway_core.errors import GatewayError, bad_request, upstream_error
+from gateway_core.gateway import Gateway
+from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
+from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
+
+log = logging.getLogger("lockgate.pipeline")
+
+REQUEST_ID_KEY = "lockgate.request_id"
+CLIENT_CLOSED = 499
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the body was read."""
+
+
+def credential_from(headers: Headers) -> str | None:
+    """The API key from ``Authorization: Bearer``, ``X-API-Key`` or ``x-api-key``."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("x-api-key") or None
+
+
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """Read the whole request body, refusing more than ``limit`` bytes with 413."""
+    content_type = headers.get("content-type")
+    if content_type:
+        media = content_type.partition(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise GatewayError(
+                415,
+                f"Unsupported Content-Type {media!r}: send the request body as application/json.",
+                code="unsupported_media_type",
+            )
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+        if not message.get("more_body", False):
+            return body
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("The request body is empty: send a JSON object.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request(
+            "We could not parse the JSON body of your request. The API expects a JSON payload, "
+            "but what was sent was not valid JSON."
+        ) from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return data
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise bad_request("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` must be a non-empty string.", param="model")
+    return model
+
+
+def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
+    """Check what the gateway itself relies on; everything else is the upstream's to judge."""
+    model = _model_of(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"`messages[{index}]` must be an object.", param=f"messages[{index}]")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise bad_request(
+                f"Invalid value for 'messages[{index}].role': {role!r}. Supported values are: "
+                "'system', 'developer', 'user', 'assistant' and 'tool'.",
+                param=f"messages[{index}].role",
+                code="invalid_value",
+            )
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("`stream` must be a boolean.", param="stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            raise bad_request(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        if not isinstance(stream_options, dict):
+            raise bad_request("`stream_options` must be an object.", param="stream_options")
+    return model, bool(stream)
+
+
+def validate_embeddings(body: dict[str, Any]) -> str:
+    model = _model_of(body)
+    data = body.get("input")
+    if data is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    valid = (isinstance(data, str) and data != "") or (
+        isinstance(data, list)
+        and bool(data)
+        and (
+            all(isinstance(item, str) and item for item in data)
+            or all(isinstance(item, int) for item in data)
+            or all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in data)
+        )
+    )
+    if not valid:
+        raise bad_request(
+            "'input' must be a non-empty string, an array of non-empty strings, or token arrays.", param="input"
+        )
+    encoding_format = body.get("encoding_format")
+    if encoding_format is not None and encoding_format not in ("float", "base64"):
+        raise bad_request(
+            f"Invalid value for 'encoding_format': {encoding_format!r}. Supported values are: 'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    return model
+
+
+class DisconnectWatch:
+    """Cancels the request's task when the client disconnects, once the body has been read."""
+
+    __slots__ = ("disconnected", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self.disconnected = False
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True (and the cancel undone) when the client's leaving caused it."""
+        if self.disconnected and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+
+def error_body(error: GatewayError, dialect: Dialect) -> bytes:
+    return error.openai_body()
+
+
+async def send_error(send: Send, error: GatewayError, dialect: Dialect) -> None:
+    body = error_body(error, dialect)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _finish(ctx: RequestContext, status: int, error: GatewayError | None, usage: Usage | None, settle: bool) -> None:
+    """Record the outcome once, free the deployment and settle policies off the request path."""
+    if ctx.finished is not None:
+        return
+    ctx.finished = time.perf_counter()
+    ctx.status = status
+    ctx.usage = usage
+    if error is not None:
+        ctx.error_type = error.type
+    elif status == CLIENT_CLOSED:
+        ctx.error_type = "client_closed_request"
+    deployment = ctx.deployment
+    if deployment is not None:
+        deployment.in_flight -= 1
+        if ctx.group is not None:
+            ctx.group.balancer.release(deployment, ctx)
+    if settle and ctx.gateway.plugins.has_settle:
+        ctx.gateway.spawn(ctx.gateway.settle(ctx))
+
+
+class ModelEndpoint:
+    """ASGI endpoint for ``/v1/chat/completions`` and ``/v1/embeddings`` in the OpenAI dialect."""
+
+    def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
+        self.gateway = gateway
+        self.endpoint: Endpoint = endpoint
+        self.dialect: Dialect = "openai"
+        self.validate: Callable[[dict[str, Any]], Any] = (
+            validate_chat if endpoint == "chat" else validate_embeddings
+        )
+        self.limit = gateway.config.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.gateway
+        headers = Headers(scope=scope)
+        ctx = RequestContext(gateway, scope.get(REQUEST_ID_KEY, ""), self.endpoint, self.dialect, headers)
+        watch: DisconnectWatch | None = None
+        settle = False
+        try:
+            await gateway.authenticate(ctx, credential_from(headers))
+            raw = await read_body(receive, headers, self.limit)
+            body = parse_json_object(raw)
+            if self.endpoint == "chat":
+                ctx.model, ctx.stream = validate_chat(body)
+            else:
+                ctx.model = validate_embeddings(body)
+            ctx.body = body
+            group = await gateway.route(ctx, ctx.model)
+            watch = DisconnectWatch(receive)
+            settle = True
+            if gateway.plugins.has_policies:
+                await gateway.check_policies(ctx)
+            deployment = group.balancer.choose(ctx)
+            ctx.deployment = deployment
+            deployment.in_flight += 1
+            call = ProviderCall(ctx, body, raw, deployment.upstream_model)
+            provider = deployment.provider
+            result = await (provider.chat(call) if self.endpoint == "chat" else provider.embeddings(call))
+            if isinstance(result, CompletedResponse):
+                _finish(ctx, 200, None, result.usage, settle)
+                response_headers = [*_JSON_HEADERS, (b"content-length", str(len(result.body)).encode())]
+                response_headers += [(k.encode(), v.encode()) for k, v in result.headers.items()]
+                await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+                await send({"type": "http.response.body", "body": result.body})
+            else:
+                await self._relay(ctx, result, send, settle)
+        except GatewayError as error:
+            _finish(ctx, error.status, error, None, settle)
+            await send_error(send, error, self.dialect)
+        except ClientDisconnected:
+            pass
+        except asyncio.CancelledError:
+            _finish(ctx, CLIENT_CLOSED, None, ctx.usage, settle)
+            if watch is None or not watch.absorb():
+                raise
+        except Exception as exc:
+            log.error("request %s failed: %s: %s", ctx.request_id, type(exc).__name__, exc)
+            error = upstream_error("The gateway failed to handle the request.", status=500, code="internal_error")
+            _finish(ctx, 500, error, None, settle)
+            if ctx.first_byte is None:
+                await send_error(send, error, self.dialect)
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    async def _relay(self, ctx: RequestContext, stream: ChatStream, send: Send, settle: bool) -> None:
+        headers = list(_STREAM_HEADERS)
+        headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for event in stream:
+                if ctx.first_byte is None:
+                    ctx.first_byte = time.perf_counter()
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            stream.close()
+            # A cancel leaves ctx.finished unset here; the caller records the client's leaving.
+            if not _current_task_cancelling():
+                error = stream.error
+                _finish(ctx, error.status if error else 200, error, stream.usage, settle)
+            else:
+                ctx.usage = stream.usage
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -1,0 +1,87 @@
+"""Serving the gateway with hypercorn (one process, or several workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from hypercorn.config import Config as HypercornConfig
+
+from gateway_core.config import GatewayConfig, load_config
+from gateway_core.logs import configure_logging
+
+CONFIG_ENV = "LOCKGATE_CONFIG"
+DEFAULT_CONFIG = "conf/lockgate.yaml"
+
+log = logging.getLogger("lockgate")
+
+
+def config_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
+    server = config.server
+    hc = HypercornConfig()
+    hc.bind = [f"{server.host}:{server.port}"]
+    hc.workers = server.workers
+    hc.keep_alive_timeout = server.keep_alive_timeout
+    hc.graceful_timeout = server.graceful_timeout
+    hc.accesslog = logging.getLogger("hypercorn.access") if server.access_log else None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.worker_class = "uvloop" if _has_uvloop() else "asyncio"
+    # The gateway enforces its own body limit with an OpenAI-shaped 413.
+    hc.h11_max_incomplete_size = 64 * 1024
+    return hc
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def app_from_env() -> Any:
+    """ASGI factory for hypercorn worker processes: reads the config named by ``LOCKGATE_CONFIG``."""
+    from gateway_core.app import create_app
+
+    config = load_config(config_path())
+    configure_logging(config.logging)
+    return create_app(config)
+
+
+def serve(config: GatewayConfig, path: str) -> None:
+    """Run the gateway until SIGINT/SIGTERM, then shut down gracefully (in-flight requests finish)."""
+    hc = hypercorn_config(config)
+    if config.server.workers > 1:
+        from hypercorn.run import run
+
+        os.environ[CONFIG_ENV] = path
+        hc.application_path = "gateway_core.server:app_from_env()"
+        run(hc)
+        return
+
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    from gateway_core.app import create_app
+
+    app = create_app(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    if hc.worker_class == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -1,0 +1,131 @@
+"""Server-sent events in OpenAI's framing, and the pass-through tap over an upstream stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+import orjson
+
+from gateway_core.errors import GatewayError, upstream_error
+from gateway_core.providers import ChatStream
+from gateway_core.types import Usage
+
+log = logging.getLogger("lockgate.sse")
+
+DONE = b"data: [DONE]\n\n"
+_NULL_USAGE = (b'"usage":null', b'"usage": null')
+
+
+def sse_event(data: bytes) -> bytes:
+    """Frame one JSON payload as an SSE ``data:`` event."""
+    return b"data: " + data + b"\n\n"
+
+
+def error_event(error: GatewayError) -> bytes:
+    """An OpenAI stream error event; the ``openai`` SDK raises ``APIError`` when it reads one."""
+    return sse_event(error.openai_body())
+
+
+def _event_data(event: bytes) -> bytes:
+    """The joined ``data:`` lines of one event."""
+    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+class PassthroughStream(ChatStream):
+    """Forwards an OpenAI-compatible upstream stream event by event.
+
+    The bytes of each event are passed on untouched; the tap only reads the usage chunk (parsed only
+    when an event carries a non-null ``usage``) and drops it when the gateway asked for it on the
+    client's behalf. An upstream that ends without ``[DONE]``, resets or times out mid-stream ends the
+    client's stream with an OpenAI error event instead of a silent truncation.
+    """
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        provider: str,
+        forward_usage_chunk: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.response = response
+        self.provider = provider
+        self.forward_usage_chunk = forward_usage_chunk
+        self.headers = dict(headers or {})
+        self.usage: Usage | None = None
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        buffer = b""
+        try:
+            async for chunk in self.response.content.iter_any():
+                buffer += chunk
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                end = buffer.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
+                out = []
+                for event in complete.split(b"\n\n"):
+                    if not event:
+                        continue
+                    kept = self._tap(event)
+                    if kept is not None:
+                        out.append(kept + b"\n\n")
+                        if kept.startswith((b'data: {"error"', b'data:{"error"')):
+                            self.error = upstream_error(f"The upstream provider {self.provider!r} sent an error.")
+                if out:
+                    yield b"".join(out)
+            if not self._complete and buffer.strip():
+                kept = self._tap(buffer.strip(b"\n"))
+                if kept is not None:
+                    yield kept + b"\n\n"
+            if not self._complete and self.error is None:
+                log.warning("upstream %s ended the stream without [DONE]", self.provider)
+                self.error = upstream_error(f"The upstream provider {self.provider!r} ended the stream early.")
+                yield error_event(self.error)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+                error = upstream_error(
+                    f"The upstream provider {self.provider!r} timed out mid-stream.", status=504, code="upstream_timeout"
+                )
+            else:
+                error = upstream_error(
+                    f"The connection to the upstream provider {self.provider!r} broke mid-stream.",
+                    code="upstream_connection_error",
+                )
+            log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
+            self.error = error
+            yield error_event(error)
+        finally:
+            self.close()
+
+    def _tap(self, event: bytes) -> bytes | None:
+        """Read usage and the end marker from one event; return the event to forward, or None."""
+        if b"[DONE]" in event and _event_data(event) == b"[DONE]":
+            self._complete = True
+            return event
+        if b'"usage"' not in event or any(null in event for null in _NULL_USAGE):
+            return event
+        try:
+            payload = orjson.loads(_event_data(event))
+        except orjson.JSONDecodeError:
+            return event
+        if isinstance(payload, dict):
+            usage = Usage.from_openai(payload.get("usage"))
+            if usage is not None:
+                self.usage = usage
+                if not self.forward_usage_chunk and not payload.get("choices"):
+                    return None
+        return event
+
+    def close(self) -> None:
+        if self._complete:
+            self.response.release()
+        else:
+            self.response.close()
