@@ -24,7 +24,9 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(exc.openai_body(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+    return Response(
+        exc.openai_body(), status_code=exc.status, headers=exc.headers, media_type="application/json"
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -38,7 +38,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway_core.server import serve
 
     config = _load(args)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+        if v is not None
+    }
     if overrides:
         config.server = config.server.model_copy(update=overrides)
     configure_logging(config.logging)
@@ -83,7 +87,10 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         print(key)
         return 0
     print(f"key:    {key}\nsha256: {hashlib.sha256(key.encode()).hexdigest()}")
-    print("The key is shown once: store the sha256 line in the configuration and hand out the key.", file=sys.stderr)
+    print(
+        "The key is shown once: store the sha256 line in the configuration and hand out the key.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -114,7 +121,9 @@ def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
 
     plugins = with_config(sub.add_parser("plugins", help="list loaded plugins, versions and hooks"))
     plugins.add_argument("--json", action="store_true")
-    plugins.add_argument("--all", action="store_true", help="every installed plugin, ignoring the configuration")
+    plugins.add_argument(
+        "--all", action="store_true", help="every installed plugin, ignoring the configuration"
+    )
     plugins.set_defaults(run=cmd_plugins)
 
     keys = sub.add_parser("keys", help="API key helpers").add_subparsers(dest="keys_command", required=True)

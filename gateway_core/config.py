@@ -1,6 +1,6 @@
 """Loading and validating the YAML configuration.
 
-Strings may reference secrets: ``${VAR}`` (environment; an error when unset), ``${VAR:-default}``
+Strings may reference secrets: ``${VAR}`` (environment; an error when unset or empty), ``${VAR:-default}``
 and ``${file:path}`` (a file's content without the trailing newline; relative paths resolve against the
 config file's folder). ``$${`` writes a literal ``${``. A deployment marked ``optional: true`` whose
 references are unset is left out with a log line instead of failing start-up, so real providers
@@ -37,7 +37,9 @@ class TimeoutConfig(_Strict):
 
     connect: float = Field(10.0, gt=0, description="establishing the TCP/TLS connection")
     read: float = Field(300.0, gt=0, description="longest wait for the next bytes (first token included)")
-    total: float | None = Field(None, gt=0, description="whole call including the streamed body; none = unbounded")
+    total: float | None = Field(
+        None, gt=0, description="whole call including the streamed body; none = unbounded"
+    )
 
 
 class DeploymentConfig(_Strict):
@@ -141,8 +143,9 @@ def _resolve_string(value: str, base: Path) -> str | _Unset:
             except OSError as exc:
                 raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
         name, sep, default = ref.partition(":-")
-        if name in os.environ and (os.environ[name] or not sep):
-            return os.environ[name]
+        value = os.environ.get(name)
+        if value:
+            return value
         if sep:
             return default
         unset.append(name)
@@ -152,7 +155,9 @@ def _resolve_string(value: str, base: Path) -> str | _Unset:
     return _Unset(unset[0]) if unset else resolved
 
 
-def _resolve(node: Any, base: Path, path: tuple[str | int, ...], unset: dict[tuple[str | int, ...], str]) -> Any:
+def _resolve(
+    node: Any, base: Path, path: tuple[str | int, ...], unset: dict[tuple[str | int, ...], str]
+) -> Any:
     if isinstance(node, str):
         if "${" not in node:
             return node
@@ -204,7 +209,9 @@ def _drop_unset_optional_deployments(data: dict[str, Any], unset: dict[tuple[str
             if missing and isinstance(deployment, dict) and deployment.get("optional") is True:
                 log.info(
                     "deployment %s of model %r is off: %s not set",
-                    index, group_name, ", ".join(missing),
+                    index,
+                    group_name,
+                    ", ".join(missing),
                 )
                 for path in [p for p in unset if p[:4] == prefix]:
                     del unset[path]
@@ -216,7 +223,9 @@ def _drop_unset_optional_deployments(data: dict[str, Any], unset: dict[tuple[str
             del models[group_name]
 
 
-def parse_config(data: Mapping[str, Any] | None, *, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
+def parse_config(
+    data: Mapping[str, Any] | None, *, source: str = "<config>", base: Path | None = None
+) -> GatewayConfig:
     """Resolve references in ``data`` and validate it."""
     if data is None:
         data = {}

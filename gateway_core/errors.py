@@ -23,7 +23,7 @@ class GatewayError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - mirrors the wire field
+        type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,

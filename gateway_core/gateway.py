@@ -10,7 +10,13 @@ from typing import Any
 from gateway_core.balancing import Balancer
 from gateway_core.config import GatewayConfig
 from gateway_core.dlp import DlpFilter
-from gateway_core.errors import GatewayError, invalid_api_key, missing_api_key, model_not_allowed, model_not_found
+from gateway_core.errors import (
+    GatewayError,
+    invalid_api_key,
+    missing_api_key,
+    model_not_allowed,
+    model_not_found,
+)
 from gateway_core.http import HttpClient
 from gateway_core.plugins import PluginHost
 from gateway_core.providers import Provider
@@ -44,7 +50,9 @@ class Gateway:
             impl.function(register=self.extra_routes.append)
         self.http = HttpClient(config.http)
         #: Model groups by name and by alias.
-        self.models: dict[str, ModelGroup] = build_model_groups(config, self.providers, self.balancers, self.http)
+        self.models: dict[str, ModelGroup] = build_model_groups(
+            config, self.providers, self.balancers, self.http
+        )
         #: Per-gateway state of plugins, keyed by plugin name.
         self.plugin_state: dict[str, Any] = {}
         self.ready = False
@@ -56,7 +64,9 @@ class Gateway:
         await self.http.start()
         await self.plugins.call_all("lockgate_startup", gateway=self)
         self.ready = True
-        log.info("lockgate ready: %d model(s), %d plugin(s)", len(self.groups()), len(self.plugins.describe()))
+        log.info(
+            "lockgate ready: %d model(s), %d plugin(s)", len(self.groups()), len(self.plugins.describe())
+        )
 
     async def stop(self) -> None:
         """Stop serving: finish background work (settlements, flushes), run shutdown hooks, close the pool."""
@@ -87,7 +97,7 @@ class Gateway:
         return principal
 
     async def route(self, ctx: RequestContext, model: str) -> ModelGroup:
-        group = await self.plugins.first_result("lockgate_route", ctx=ctx, model=model)
+        group: ModelGroup | None = await self.plugins.first_result("lockgate_route", ctx=ctx, model=model)
         if group is None:
             raise model_not_found(model)
         principal = ctx.principal

@@ -9,6 +9,12 @@ Two kinds of hooks:
   authentication, routing and policies. They may be plain functions or ``async def``; the core awaits
   what it gets. No hook runs per streamed chunk.
 
+The core calls the per-request hooks and ``lockgate_startup``/``lockgate_shutdown`` itself, one
+implementation at a time in pluggy's order (``tryfirst`` first, ``trylast`` last, otherwise the
+plugin registered last first): a "first answer wins" hook stops at the first non-``None`` answer and
+later implementations are not called; an exception stops the call. Hook wrappers are not supported on
+these hooks.
+
 Implementations may accept any subset of the arguments listed here.
 """
 
@@ -106,8 +112,9 @@ def lockgate_authenticate(
 ) -> Principal | Awaitable[Principal | None] | None:
     """Identify the caller.
 
-    Runs per request before the body is read; ``ctx.gateway`` reaches the gateway. ``credential`` is the API key from
-    ``Authorization: Bearer``, ``X-API-Key`` or ``x-api-key`` (``None`` when absent). Return a
+    Runs per request before the body is read; ``ctx.gateway`` reaches the gateway. ``credential``
+    is the API key from ``Authorization: Bearer``, ``X-API-Key`` or ``x-api-key`` (``None`` when
+    absent). Return a
     :class:`~gateway_core.Principal` to accept, ``None`` to let other plugins decide, or raise a
     :class:`~gateway_core.GatewayError` (401/403) to reject. The first non-``None`` answer wins;
     when every plugin answers ``None`` the request gets 401.

@@ -104,7 +104,9 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
             code="upstream_auth_error",
         )
     if status in (408, 504):
-        return upstream_error(f"The upstream provider {provider!r} timed out.", status=504, code="upstream_timeout")
+        return upstream_error(
+            f"The upstream provider {provider!r} timed out.", status=504, code="upstream_timeout"
+        )
     detail = f": {upstream_message}" if upstream_message else ""
     return upstream_error(f"The upstream provider {provider!r} failed with status {status}{detail}")
 
@@ -112,9 +114,13 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
 def error_from_exception(exc: BaseException, provider: str) -> GatewayError:
     """Map a transport failure (timeout, refused or reset connection) to 504 or 502."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return upstream_error(f"The upstream provider {provider!r} timed out.", status=504, code="upstream_timeout")
+        return upstream_error(
+            f"The upstream provider {provider!r} timed out.", status=504, code="upstream_timeout"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return upstream_error(f"Could not connect to the upstream provider {provider!r}.", code="upstream_unreachable")
+        return upstream_error(
+            f"Could not connect to the upstream provider {provider!r}.", code="upstream_unreachable"
+        )
     return upstream_error(
         f"The connection to the upstream provider {provider!r} failed ({type(exc).__name__}).",
         code="upstream_connection_error",

@@ -10,7 +10,9 @@ import orjson
 
 from gateway_core.config import LoggingConfig
 
-_SECRET = re.compile(r"(?i)(bearer\s+|x-api-key[\"':=\s]+|api[_-]?key[\"':=\s]+)([A-Za-z0-9._\-]{8,})|\b(sk-[A-Za-z0-9_\-]{8,})")
+_SECRET = re.compile(
+    r"(?i)(bearer\s+|x-api-key[\"':=\s]+|api[_-]?key[\"':=\s]+)([A-Za-z0-9._\-]{8,})|\b(sk-[A-Za-z0-9_\-]{8,})"
+)
 
 
 def redact(text: str) -> str:
@@ -31,7 +33,12 @@ class RedactingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return orjson.dumps(
-            {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
         ).decode()
 
 
@@ -39,7 +46,9 @@ def configure_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(
-        JsonFormatter() if config.json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter()
+        if config.json_lines
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     for name in ("lockgate", "hypercorn.error", "hypercorn.access"):
         logger = logging.getLogger(name)

@@ -79,7 +79,9 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> GatewayError:
-    return GatewayError(413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large")
+    return GatewayError(
+        413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large"
+    )
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -111,7 +113,9 @@ def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
     model = _model_of(body)
     messages = body.get("messages")
     if messages is None:
-        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
     if not isinstance(messages, list) or not messages:
         raise bad_request("`messages` must be a non-empty array.", param="messages")
     for index, message in enumerate(messages):
@@ -145,7 +149,9 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     model = _model_of(body)
     data = body.get("input")
     if data is None:
-        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
     valid = (isinstance(data, str) and data != "") or (
         isinstance(data, list)
         and bool(data)
@@ -157,12 +163,14 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     )
     if not valid:
         raise bad_request(
-            "'input' must be a non-empty string, an array of non-empty strings, or token arrays.", param="input"
+            "'input' must be a non-empty string, an array of non-empty strings, or token arrays.",
+            param="input",
         )
     encoding_format = body.get("encoding_format")
     if encoding_format is not None and encoding_format not in ("float", "base64"):
         raise bad_request(
-            f"Invalid value for 'encoding_format': {encoding_format!r}. Supported values are: 'float' and 'base64'.",
+            f"Invalid value for 'encoding_format': {encoding_format!r}. "
+            "Supported values are: 'float' and 'base64'.",
             param="encoding_format",
             code="invalid_value",
         )
@@ -172,7 +180,7 @@ def validate_embeddings(body: dict[str, Any]) -> str:
 class DisconnectWatch:
     """Cancels the request's task when the client disconnects, once the body has been read."""
 
-    __slots__ = ("disconnected", "_task", "_watcher")
+    __slots__ = ("_task", "_watcher", "disconnected")
 
     def __init__(self, receive: Receive) -> None:
         self.disconnected = False
@@ -209,7 +217,9 @@ async def send_error(send: Send, error: GatewayError, dialect: Dialect) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _finish(ctx: RequestContext, status: int, error: GatewayError | None, usage: Usage | None, settle: bool) -> None:
+def _finish(
+    ctx: RequestContext, status: int, error: GatewayError | None, usage: Usage | None, settle: bool
+) -> None:
     """Record the outcome once, free the deployment and settle policies off the request path."""
     if ctx.finished is not None:
         return
@@ -286,10 +296,12 @@ class ModelEndpoint:
                 raise
         except Exception as exc:
             log.error("request %s failed: %s: %s", ctx.request_id, type(exc).__name__, exc)
-            error = upstream_error("The gateway failed to handle the request.", status=500, code="internal_error")
-            _finish(ctx, 500, error, None, settle)
+            internal = upstream_error(
+                "The gateway failed to handle the request.", status=500, code="internal_error"
+            )
+            _finish(ctx, 500, internal, None, settle)
             if ctx.first_byte is None:
-                await send_error(send, error, self.dialect)
+                await send_error(send, internal, self.dialect)
         finally:
             if watch is not None:
                 watch.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
 
@@ -24,6 +24,15 @@ from gateway_core.registry import Registry
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate"
+#: Hooks the core calls itself, lazily and in order, instead of through pluggy's eager multicall.
+CALLED_HOOKS = (
+    "lockgate_startup",
+    "lockgate_shutdown",
+    "lockgate_authenticate",
+    "lockgate_route",
+    "lockgate_policy_check",
+    "lockgate_policy_settle",
+)
 LOAD_PLUGINS_ENV = "LOCKGATE_LOAD_PLUGINS"
 
 
@@ -57,9 +66,18 @@ class PluginHost:
         self._refresh()
 
     def _refresh(self) -> None:
-        hook = self.pm.hook
-        self.has_policies = bool(hook.lockgate_policy_check.get_hookimpls())
-        self.has_settle = bool(hook.lockgate_policy_settle.get_hookimpls())
+        """Precompute the call order of the hooks the core calls itself (cheaper than pluggy per request)."""
+        self._callers: dict[str, list[tuple[Callable[..., Any], tuple[str, ...]]]] = {}
+        for name in CALLED_HOOKS:
+            callers = []
+            # pluggy's order: tryfirst first, trylast last, later registrations before earlier ones.
+            for impl in reversed(getattr(self.pm.hook, name).get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    raise ConfigError(f"plugin {impl.plugin_name!r}: {name} does not support wrappers")
+                callers.append((impl.function, tuple(impl.argnames)))
+            self._callers[name] = callers
+        self.has_policies = bool(self._callers["lockgate_policy_check"])
+        self.has_settle = bool(self._callers["lockgate_policy_settle"])
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object at run time (tests, embedding applications)."""
@@ -77,7 +95,8 @@ class PluginHost:
         if unknown:
             installed = ", ".join(sorted(self.known_names)) or "none"
             raise ConfigError(
-                f"{source}: plugins.{unknown[0]}: no plugin of that name is installed (installed: {installed})"
+                f"{source}: plugins.{unknown[0]}: no plugin of that name is installed "
+                f"(installed: {installed})"
             )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -96,13 +115,24 @@ class PluginHost:
         return found
 
     async def call_all(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of a hook, awaiting coroutines, in pluggy's order."""
-        await _await_all(getattr(self.pm.hook, hook_name)(**kwargs))
+        """Call every implementation of a hook in pluggy's order, awaiting what is awaitable.
 
-    # --- per request -----------------------------------------------------------------------------
+        An exception stops the call: later implementations do not run.
+        """
+        for function, argnames in self._callers[hook_name]:
+            result = function(**{arg: kwargs[arg] for arg in argnames})
+            if inspect.isawaitable(result):
+                await result
 
     async def first_result(self, hook_name: str, **kwargs: Any) -> Any:
-        return await _first_non_none(getattr(self.pm.hook, hook_name)(**kwargs))
+        """Call implementations in pluggy's order until one answers something other than None."""
+        for function, argnames in self._callers[hook_name]:
+            result = function(**{arg: kwargs[arg] for arg in argnames})
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
 
     # --- introspection -----------------------------------------------------------------------------
 
@@ -122,36 +152,3 @@ class PluginHost:
                 }
             )
         return sorted(out, key=lambda item: item["name"])
-
-
-async def _first_non_none(results: list[Any]) -> Any:
-    answer = None
-    for index, result in enumerate(results):
-        if inspect.isawaitable(result):
-            try:
-                result = await result
-            except BaseException:
-                _close(results[index + 1 :])
-                raise
-        if result is not None:
-            answer = result
-            _close(results[index + 1 :])
-            break
-    return answer
-
-
-async def _await_all(results: list[Any]) -> None:
-    for index, result in enumerate(results):
-        if inspect.isawaitable(result):
-            try:
-                await result
-            except BaseException:
-                _close(results[index + 1 :])
-                raise
-
-
-def _close(results: list[Any]) -> None:
-    """Close coroutines that will not be awaited, so they don't warn."""
-    for result in results:
-        if inspect.iscoroutine(result):
-            result.close()

@@ -59,7 +59,7 @@ class PassthroughStream(ChatStream):
         self.usage: Usage | None = None
         self._complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         buffer = b""
         try:
             async for chunk in self.response.content.iter_any():
@@ -78,7 +78,9 @@ class PassthroughStream(ChatStream):
                     if kept is not None:
                         out.append(kept + b"\n\n")
                         if kept.startswith((b'data: {"error"', b'data:{"error"')):
-                            self.error = upstream_error(f"The upstream provider {self.provider!r} sent an error.")
+                            self.error = upstream_error(
+                                f"The upstream provider {self.provider!r} sent an error."
+                            )
                 if out:
                     yield b"".join(out)
             if not self._complete and buffer.strip():
@@ -87,12 +89,16 @@ class PassthroughStream(ChatStream):
                     yield kept + b"\n\n"
             if not self._complete and self.error is None:
                 log.warning("upstream %s ended the stream without [DONE]", self.provider)
-                self.error = upstream_error(f"The upstream provider {self.provider!r} ended the stream early.")
+                self.error = upstream_error(
+                    f"The upstream provider {self.provider!r} ended the stream early."
+                )
                 yield error_event(self.error)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
                 error = upstream_error(
-                    f"The upstream provider {self.provider!r} timed out mid-stream.", status=504, code="upstream_timeout"
+                    f"The upstream provider {self.provider!r} timed out mid-stream.",
+                    status=504,
+                    code="upstream_timeout",
                 )
             else:
                 error = upstream_error(

@@ -99,7 +99,7 @@ class GatewayServer:
             server = asyncio.ensure_future(serve(self.app, hc, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
             try:
                 for _ in range(1500):
-                    if server.done() or self.gateway.ready and _port_open(self.port):
+                    if server.done() or (self.gateway.ready and _port_open(self.port)):
                         break
                     await asyncio.sleep(0.01)
                 if server.done():
@@ -138,7 +138,7 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture
 def lockgate_server() -> Iterator[Any]:
-    """Factory fixture: ``lockgate_server(config_dict, **kwargs)`` returns a started :class:`GatewayServer`."""
+    """Factory fixture: ``lockgate_server(config, **kwargs)`` returns a started :class:`GatewayServer`."""
     servers: list[GatewayServer] = []
 
     def start(config: Mapping[str, Any], **kwargs: Any) -> GatewayServer:

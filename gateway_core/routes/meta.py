@@ -19,7 +19,10 @@ async def ready(request: Request) -> Response:
     """Readiness: start-up finished and at least one model can be served."""
     gateway: Gateway = request.app.state.gateway
     is_ready = gateway.ready and bool(gateway.models)
-    body = {"status": "ready" if is_ready else "starting" if not gateway.ready else "no models", "models": len(gateway.groups())}
+    body = {
+        "status": "ready" if is_ready else "starting" if not gateway.ready else "no models",
+        "models": len(gateway.groups()),
+    }
     return Response(orjson.dumps(body), status_code=200 if is_ready else 503, media_type="application/json")
 
 

@@ -24,7 +24,9 @@ class KeyEntry(BaseModel):
     name: str
     key: SecretStr | None = None
     sha256: str | None = None
-    models: list[str] | None = Field(None, description="model names or globs this key may use; all when unset")
+    models: list[str] | None = Field(
+        None, description="model names or globs this key may use; all when unset"
+    )
     user: str | None = None
     org: str | None = None
     scopes: list[str] = Field(default_factory=list)
@@ -58,7 +60,9 @@ def lockgate_startup(gateway: Gateway) -> None:
     for entry in options.keys:
         key_digest = entry.sha256.lower() if entry.sha256 else digest(entry.key.get_secret_value())  # type: ignore[union-attr]
         if key_digest in table:
-            raise ConfigError(f"{gateway.config.source}: plugins.{NAME}.keys: key {entry.name!r} is listed twice")
+            raise ConfigError(
+                f"{gateway.config.source}: plugins.{NAME}.keys: key {entry.name!r} is listed twice"
+            )
         table[key_digest] = Principal(
             key_id=f"{NAME}:{entry.name}",
             name=entry.name,

@@ -48,7 +48,9 @@ def _text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
 
@@ -85,7 +87,7 @@ class MockStream(ChatStream):
         self._delay = delay
         self.usage = usage
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         for index, event in enumerate(self._events):
             if self._delay and index:
                 await asyncio.sleep(self._delay)
@@ -101,7 +103,9 @@ class MockProvider(Provider):
         options = self.options
         assert isinstance(options, MockOptions)
         messages = body.get("messages") or []
-        prompt_tokens = sum(_count_tokens(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+        prompt_tokens = sum(
+            _count_tokens(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)
+        )
         text = options.reply
         if text is None:
             user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -149,7 +153,12 @@ class MockProvider(Provider):
             return CompletedResponse(orjson.dumps(answer), Usage.from_openai(usage))
         stream_options = call.body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": call.upstream_model}
+        head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": call.upstream_model,
+        }
         tail: dict[str, Any] = {"service_tier": "default", "system_fingerprint": FINGERPRINT}
         if include_usage:
             tail["usage"] = None
@@ -170,7 +179,11 @@ class MockProvider(Provider):
         options = self.options
         assert isinstance(options, MockOptions)
         raw_input = call.body.get("input")
-        inputs = raw_input if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int) else [raw_input]
+        inputs = (
+            raw_input
+            if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int)
+            else [raw_input]
+        )
         dimensions = call.body.get("dimensions") or options.embedding_dimensions
         if not isinstance(dimensions, int) or dimensions < 1:
             raise bad_request("`dimensions` must be a positive integer.", param="dimensions")

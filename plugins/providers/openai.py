@@ -6,7 +6,6 @@ the model name or the stream-usage option must change, and streams are passed th
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from typing import ClassVar
@@ -88,12 +87,12 @@ class OpenAIProvider(Provider):
             response = await self.http.session.post(
                 url, data=payload, headers=self.headers, timeout=self.timeout, proxy=self.proxy
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise error_from_exception(exc, self.name) from None
         if response.status >= 400:
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 body = b""
             finally:
                 response.release()
@@ -103,7 +102,7 @@ class OpenAIProvider(Provider):
     async def _read(self, response: aiohttp.ClientResponse) -> CompletedResponse:
         try:
             body = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             response.close()
             raise error_from_exception(exc, self.name) from None
         except BaseException:
@@ -112,7 +111,9 @@ class OpenAIProvider(Provider):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise upstream_error(f"The upstream provider {self.name!r} answered with malformed JSON.") from None
+            raise upstream_error(
+                f"The upstream provider {self.name!r} answered with malformed JSON."
+            ) from None
         usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
         return CompletedResponse(body, usage, forwarded_headers(response.headers))
 

@@ -1,0 +1,104 @@
+"""Shared fixtures: a fake OpenAI upstream and a gateway in front of it, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
+from tests.fakes import FakeOpenAI
+
+#: A second gateway key that may only use the mock models.
+MOCK_ONLY_KEY = "lg-mock-only-key-0123456789abcdef"
+#: The gateway refuses bodies larger than this with 413.
+MAX_BODY_BYTES = 16 * 1024
+#: The read timeout of the ``gpt-slow`` deployment.
+SLOW_READ_TIMEOUT = 0.5
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def gateway_config(fake: FakeOpenAI) -> dict[str, Any]:
+    """Models on the fake upstream (named for what they exercise) and on the mock provider."""
+
+    def upstream(**extra: Any) -> dict[str, Any]:
+        return {"deployments": [{"provider": "openai", "base_url": fake.base_url, "api_key": fake.api_key, **extra}]}
+
+    return {
+        "server": {"max_body_bytes": MAX_BODY_BYTES, "graceful_timeout": 2},
+        "models": {
+            "gpt-4o-mini": upstream(),
+            "text-embedding-3-small": upstream(),
+            "my-gpt": upstream(model="gpt-4o-mini"),
+            "gpt-slow": upstream(model="gpt-4o-mini", timeout={"read": SLOW_READ_TIMEOUT}),
+            "gpt-misconfigured": upstream(model="gpt-4o-mini", api_key="sk-wrong-upstream-key-9d8c7b6a5f4e"),
+            "gpt-unreachable": upstream(model="gpt-4o-mini", base_url=f"http://127.0.0.1:{_closed_port()}/v1"),
+            "mock-echo": {"aliases": ["mock"], "deployments": [{"provider": "mock", "options": {"chunks": 5}}]},
+            "mock-embedding": {"deployments": [{"provider": "mock", "options": {"embedding_dimensions": 8}}]},
+        },
+        "plugins": {
+            "config_keys": {
+                "keys": [
+                    {"name": "test", "key": DEFAULT_TEST_KEY},
+                    {"name": "mock-only", "key": MOCK_ONLY_KEY, "models": ["mock-*"]},
+                ]
+            }
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_upstream: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The fake OpenAI upstream, answering normally and with nothing recorded at the test's start."""
+    fake_upstream.reset()
+    yield fake_upstream
+    fake_upstream.reset()
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_upstream: FakeOpenAI) -> Iterator[GatewayServer]:
+    with GatewayServer(gateway_config(fake_upstream)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(gateway: GatewayServer) -> Iterator[openai.OpenAI]:
+    """The sync ``openai`` SDK client on the gateway, without retries."""
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.api_key, max_retries=0, timeout=10) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def async_client(gateway: GatewayServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The async ``openai`` SDK client on the gateway, without retries."""
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=gateway.api_key, max_retries=0, timeout=10
+    ) as sdk:
+        yield sdk
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds passed; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()

@@ -1,0 +1,5 @@
+"""Fake upstream providers served on 127.0.0.1 for end-to-end tests."""
+
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, RecordedRequest
+
+__all__ = ["Behaviour", "FakeOpenAI", "RecordedRequest"]
