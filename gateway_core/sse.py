@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -94,17 +94,7 @@ class PassthroughStream(ChatStream):
                 )
                 yield error_event(self.error)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-                error = upstream_error(
-                    f"The upstream provider {self.provider!r} timed out mid-stream.",
-                    status=504,
-                    code="upstream_timeout",
-                )
-            else:
-                error = upstream_error(
-                    f"The connection to the upstream provider {self.provider!r} broke mid-stream.",
-                    code="upstream_connection_error",
-                )
+            error = _transport_error(exc, self.provider)
             log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
             self.error = error
             yield error_event(error)
@@ -135,3 +125,117 @@ class PassthroughStream(ChatStream):
             self.response.release()
         else:
             self.response.close()
+
+
+class SSEParser:
+    """Incremental parser of ``text/event-stream`` bytes into ``(event, data)`` pairs.
+
+    ``event`` is the ``event:`` field or None; ``data`` joins the ``data:`` lines with newlines.
+    Comments, ``id:`` and ``retry:`` are skipped.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[end + 2 :]
+        return [parsed for block in buffer[:end].split(b"\n\n") if (parsed := _parse_block(block))]
+
+    def flush(self) -> list[tuple[str | None, str]]:
+        """The last event when the stream ended without a blank line."""
+        block, self._buffer = self._buffer.strip(b"\n"), b""
+        parsed = _parse_block(block) if block else None
+        return [parsed] if parsed else []
+
+
+def _parse_block(block: bytes) -> tuple[str | None, str] | None:
+    event: str | None = None
+    data: list[str] = []
+    for line in block.decode("utf-8", "replace").split("\n"):
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if event is None and not data:
+        return None
+    return event, "\n".join(data)
+
+
+class ChunkStream(ChatStream):
+    """A stream built from canonical chunks (OpenAI ``chat.completion.chunk`` dicts).
+
+    Translating providers hand over an async iterator of chunks, the last one carrying ``usage``
+    with empty ``choices`` when the upstream reports usage. The usage chunk reaches the client only
+    when it asked for it (``stream_options.include_usage``). A :class:`GatewayError` or a transport
+    failure raised by the iterator ends the stream with an error event; ``on_close`` releases the
+    upstream connection.
+    """
+
+    def __init__(
+        self,
+        source: AsyncIterator[dict[str, Any]],
+        *,
+        provider: str,
+        include_usage: bool,
+        on_close: Callable[[], None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._source = source
+        self.provider = provider
+        self.include_usage = include_usage
+        self._on_close = on_close
+        self.headers = dict(headers or {})
+        self.usage: Usage | None = None
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in self._source:
+                usage = chunk.get("usage")
+                if usage:
+                    self.usage = Usage.from_openai(usage)
+                    if not chunk.get("choices") and not self.include_usage:
+                        continue
+                yield chunk
+        except GatewayError as exc:
+            self.error = exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error = _transport_error(exc, self.provider)
+            log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
+        finally:
+            self.close()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks():
+            yield sse_event(orjson.dumps(chunk))
+        yield error_event(self.error) if self.error is not None else DONE
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                self._on_close()
+
+
+def _transport_error(exc: BaseException, provider: str) -> GatewayError:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return upstream_error(
+            f"The upstream provider {provider!r} timed out mid-stream.", status=504, code="upstream_timeout"
+        )
+    return upstream_error(
+        f"The connection to the upstream provider {provider!r} broke mid-stream.",
+        code="upstream_connection_error",
+    )
