@@ -51,7 +51,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
+        if not gateway.ready:  # ``serve`` starts it before binding, so start-up errors read plainly
+            await gateway.start()
         try:
             yield
         finally:

@@ -142,9 +142,26 @@ def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_plugins(argv: Sequence[str] | None) -> PluginHost:
+    """The plugins that may add sub-commands: those the configuration, when readable, leaves enabled.
+
+    A plugin disabled in the configuration must not even be imported, so the configuration named on
+    the command line (or by ``LOCKGATE_CONFIG``) is read before the entry points load.
+    """
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("--config", "-c")
+    disabled: set[str] = set()
+    try:
+        known, _ = pre.parse_known_args(argv)
+        disabled = load_config(config_path(known.config)).disabled_plugins()
+    except (argparse.ArgumentError, ConfigError):
+        pass  # the sub-command reports a bad configuration itself
+    return PluginHost(disabled=disabled)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        host: PluginHost | None = PluginHost()
+        host: PluginHost | None = _command_plugins(argv)
     except ConfigError as exc:
         print(f"lockgate: {exc}", file=sys.stderr)
         host = None

@@ -62,7 +62,11 @@ class Gateway:
 
     async def start(self) -> None:
         await self.http.start()
-        await self.plugins.call_all("lockgate_startup", gateway=self)
+        try:
+            await self.plugins.call_all("lockgate_startup", gateway=self)
+        except BaseException:
+            await self.http.close()
+            raise
         self.ready = True
         log.info(
             "lockgate ready: %d model(s), %d plugin(s)", len(self.groups()), len(self.plugins.describe())

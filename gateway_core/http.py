@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -129,3 +130,54 @@ def error_from_exception(exc: BaseException, provider: str) -> GatewayError:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+#: Maps an upstream error answer (status, body, headers, provider name) to the client's error.
+ErrorDecoder = Callable[[int, bytes, Mapping[str, str], str], GatewayError]
+
+
+async def post(
+    http: HttpClient,
+    url: str,
+    payload: bytes,
+    *,
+    headers: Mapping[str, str],
+    timeouts: aiohttp.ClientTimeout,
+    proxy: str | None,
+    provider: str,
+    decode_error: ErrorDecoder = error_from_upstream,
+) -> aiohttp.ClientResponse:
+    """POST to an upstream; return the response when it succeeded (status < 400).
+
+    Transport failures and error answers become the client's :class:`GatewayError`. The caller owns
+    the returned response and must read, release or close it.
+    """
+    try:
+        response = await http.session.post(url, data=payload, headers=headers, timeout=timeouts, proxy=proxy)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise error_from_exception(exc, provider) from None
+    if response.status >= 400:
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError):
+            body = b""
+        finally:
+            response.release()
+        raise decode_error(response.status, body, response.headers, provider)
+    return response
+
+
+async def read_json(response: aiohttp.ClientResponse, provider: str) -> tuple[bytes, Any]:
+    """Read a whole upstream answer and parse it; failures become 502/504 errors."""
+    try:
+        body = await response.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        response.close()
+        raise error_from_exception(exc, provider) from None
+    except BaseException:
+        response.close()
+        raise
+    try:
+        return body, orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise upstream_error(f"The upstream provider {provider!r} answered with malformed JSON.") from None

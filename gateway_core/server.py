@@ -77,6 +77,8 @@ def serve(config: GatewayConfig, path: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # Start-up hooks run before the port is bound: a plugin's ConfigError ends here, as itself.
+        await app.state.gateway.start()
         await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     if hc.worker_class == "uvloop":

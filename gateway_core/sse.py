@@ -50,9 +50,11 @@ class PassthroughStream(ChatStream):
         *,
         provider: str,
         forward_usage_chunk: bool,
+        drop_empty_choices: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.response = response
+        self.drop_empty_choices = drop_empty_choices
         self.provider = provider
         self.forward_usage_chunk = forward_usage_chunk
         self.headers = dict(headers or {})
@@ -107,6 +109,8 @@ class PassthroughStream(ChatStream):
             self._complete = True
             return event
         if b'"usage"' not in event or any(null in event for null in _NULL_USAGE):
+            if self.drop_empty_choices and b'"choices":[]' in event:
+                return None
             return event
         try:
             payload = orjson.loads(_event_data(event))
