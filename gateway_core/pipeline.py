@@ -205,12 +205,41 @@ class DisconnectWatch:
         return False
 
 
-def error_body(error: GatewayError, dialect: Dialect) -> bytes:
-    return error.openai_body()
+class WireFormat:
+    """How the model endpoints read requests and write answers for one client dialect.
+
+    The default is OpenAI's, where the canonical form is the wire form: nothing is translated and
+    the client's bytes may be forwarded as they are.
+    """
+
+    name: Dialect = "openai"
+
+    def decode(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], str, bool, bool]:
+        """Validate ``body``; return the canonical body, model, stream flag and whether the client's
+        bytes are still a valid canonical body (so same-dialect providers may forward them)."""
+        if endpoint == "chat":
+            model, stream = validate_chat(body)
+            return body, model, stream, True
+        return body, validate_embeddings(body), False, True
+
+    def error_body(self, error: GatewayError) -> bytes:
+        return error.openai_body()
+
+    def encode(self, ctx: RequestContext, result: CompletedResponse) -> bytes:
+        return result.body
+
+    async def write_stream(
+        self, ctx: RequestContext, stream: ChatStream, write: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        async for event in stream:
+            await write(event)
 
 
-async def send_error(send: Send, error: GatewayError, dialect: Dialect) -> None:
-    body = error_body(error, dialect)
+OPENAI = WireFormat()
+
+
+async def send_error(send: Send, error: GatewayError, wire: WireFormat = OPENAI) -> None:
+    body = wire.error_body(error)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -240,31 +269,25 @@ def _finish(
 
 
 class ModelEndpoint:
-    """ASGI endpoint for ``/v1/chat/completions`` and ``/v1/embeddings`` in the OpenAI dialect."""
+    """ASGI endpoint for a model call (chat or embeddings) in one client dialect."""
 
-    def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
+    def __init__(self, gateway: Gateway, endpoint: Endpoint, wire: WireFormat = OPENAI) -> None:
         self.gateway = gateway
         self.endpoint: Endpoint = endpoint
-        self.dialect: Dialect = "openai"
-        self.validate: Callable[[dict[str, Any]], Any] = (
-            validate_chat if endpoint == "chat" else validate_embeddings
-        )
+        self.wire = wire
         self.limit = gateway.config.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
         headers = Headers(scope=scope)
-        ctx = RequestContext(gateway, scope.get(REQUEST_ID_KEY, ""), self.endpoint, self.dialect, headers)
+        wire = self.wire
+        ctx = RequestContext(gateway, scope.get(REQUEST_ID_KEY, ""), self.endpoint, wire.name, headers)
         watch: DisconnectWatch | None = None
         settle = False
         try:
             await gateway.authenticate(ctx, credential_from(headers))
             raw = await read_body(receive, headers, self.limit)
-            body = parse_json_object(raw)
-            if self.endpoint == "chat":
-                ctx.model, ctx.stream = validate_chat(body)
-            else:
-                ctx.model = validate_embeddings(body)
+            body, ctx.model, ctx.stream, keep_raw = wire.decode(self.endpoint, parse_json_object(raw))
             ctx.body = body
             group = await gateway.route(ctx, ctx.model)
             watch = DisconnectWatch(receive)
@@ -274,20 +297,21 @@ class ModelEndpoint:
             deployment = group.balancer.choose(ctx)
             ctx.deployment = deployment
             deployment.in_flight += 1
-            call = ProviderCall(ctx, body, raw, deployment.upstream_model)
+            call = ProviderCall(ctx, body, raw if keep_raw else None, deployment.upstream_model)
             provider = deployment.provider
             result = await (provider.chat(call) if self.endpoint == "chat" else provider.embeddings(call))
             if isinstance(result, CompletedResponse):
+                answer = wire.encode(ctx, result)
                 _finish(ctx, 200, None, result.usage, settle)
-                response_headers = [*_JSON_HEADERS, (b"content-length", str(len(result.body)).encode())]
+                response_headers = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
                 response_headers += [(k.encode(), v.encode()) for k, v in result.headers.items()]
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-                await send({"type": "http.response.body", "body": result.body})
+                await send({"type": "http.response.body", "body": answer})
             else:
                 await self._relay(ctx, result, send, settle)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
-            await send_error(send, error, self.dialect)
+            await send_error(send, error, wire)
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:
@@ -301,7 +325,7 @@ class ModelEndpoint:
             )
             _finish(ctx, 500, internal, None, settle)
             if ctx.first_byte is None:
-                await send_error(send, internal, self.dialect)
+                await send_error(send, internal, wire)
         finally:
             if watch is not None:
                 watch.stop()
@@ -309,12 +333,15 @@ class ModelEndpoint:
     async def _relay(self, ctx: RequestContext, stream: ChatStream, send: Send, settle: bool) -> None:
         headers = list(_STREAM_HEADERS)
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
+
+        async def write(event: bytes) -> None:
+            if ctx.first_byte is None:
+                ctx.first_byte = time.perf_counter()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            async for event in stream:
-                if ctx.first_byte is None:
-                    ctx.first_byte = time.perf_counter()
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await self.wire.write_stream(ctx, stream, write)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             stream.close()
@@ -329,6 +356,3 @@ class ModelEndpoint:
 def _current_task_cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -85,13 +85,14 @@ class MockStream(ChatStream):
     def __init__(self, events: list[bytes], delay: float, usage: Usage) -> None:
         self._events = events
         self._delay = delay
-        self.usage = usage
+        self._usage = usage
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for index, event in enumerate(self._events):
             if self._delay and index:
                 await asyncio.sleep(self._delay)
             yield event
+        self.usage = self._usage  # known once the whole answer went out, like a real stream's
 
 
 class MockProvider(Provider):

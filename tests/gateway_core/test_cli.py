@@ -14,7 +14,9 @@ import pytest
 LOCKGATE = [sys.executable, "-m", "gateway_core.cli"]
 
 
-def lockgate(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def lockgate(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LOCKGATE, *args],
         capture_output=True,
@@ -50,7 +52,9 @@ def test_check_config_accepts_a_valid_file(config_file: Path) -> None:
 
 def test_check_config_names_the_file_and_the_bad_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("models:\n  chat:\n    deployments:\n      - provider: mock\n        options: {chunks: 0}\n")
+    path.write_text(
+        "models:\n  chat:\n    deployments:\n      - provider: mock\n        options: {chunks: 0}\n"
+    )
     result = lockgate("check-config", "--config", str(path))
     assert result.returncode == 2
     assert str(path) in result.stderr

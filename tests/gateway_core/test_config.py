@@ -45,19 +45,26 @@ def test_reference_inside_a_string_and_default(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_escaped_reference_stays_literal() -> None:
-    config = parse_config({"models": {"m": {"deployments": [{"provider": "mock", "headers": {"x": "$${NOT}"}}]}}})
+    config = parse_config(
+        {"models": {"m": {"deployments": [{"provider": "mock", "headers": {"x": "$${NOT}"}}]}}}
+    )
     assert config.models["m"].deployments[0].headers == {"x": "${NOT}"}
 
 
 def test_file_reference_is_relative_to_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("file-secret-value\n")
-    path = write(tmp_path, "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${file:secret}\n")
+    path = write(
+        tmp_path,
+        "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${file:secret}\n",
+    )
     key = load_config(path).models["m"].deployments[0].api_key
     assert key is not None and key.get_secret_value() == "file-secret-value"
 
 
 def test_missing_secret_file_names_the_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${file:nope}\n")
+    path = write(
+        tmp_path, "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${file:nope}\n"
+    )
     with pytest.raises(ConfigError, match=r"lockgate.yaml: models.m.deployments\[0\].api_key: cannot read"):
         load_config(path)
 
@@ -65,7 +72,8 @@ def test_missing_secret_file_names_the_key(tmp_path: Path) -> None:
 def test_unset_variable_names_file_key_and_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LG_TEST_UNSET", raising=False)
     path = write(
-        tmp_path, "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${LG_TEST_UNSET}\n"
+        tmp_path,
+        "models:\n  m:\n    deployments:\n      - provider: openai\n        api_key: ${LG_TEST_UNSET}\n",
     )
     with pytest.raises(ConfigError) as info:
         load_config(path)
@@ -77,7 +85,9 @@ def test_unset_variable_names_file_key_and_variable(tmp_path: Path, monkeypatch:
 def test_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LG_TEST_EMPTY", "")
     with pytest.raises(ConfigError, match="LG_TEST_EMPTY is not set"):
-        parse_config({"models": {"m": {"deployments": [{"provider": "openai", "api_key": "${LG_TEST_EMPTY}"}]}}})
+        parse_config(
+            {"models": {"m": {"deployments": [{"provider": "openai", "api_key": "${LG_TEST_EMPTY}"}]}}}
+        )
 
 
 def test_optional_deployment_without_its_key_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +95,9 @@ def test_optional_deployment_without_its_key_is_left_out(monkeypatch: pytest.Mon
     config = parse_config(
         {
             "models": {
-                "real": {"deployments": [{"provider": "openai", "api_key": "${LG_TEST_UNSET}", "optional": True}]},
+                "real": {
+                    "deployments": [{"provider": "openai", "api_key": "${LG_TEST_UNSET}", "optional": True}]
+                },
                 "mixed": {
                     "deployments": [
                         {"provider": "openai", "api_key": "${LG_TEST_UNSET}", "optional": True},
@@ -103,7 +115,13 @@ def test_optional_deployment_without_its_key_is_left_out(monkeypatch: pytest.Mon
 def test_optional_deployment_switches_on_when_the_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LG_TEST_KEY", "sk-present")
     config = parse_config(
-        {"models": {"real": {"deployments": [{"provider": "openai", "api_key": "${LG_TEST_KEY}", "optional": True}]}}}
+        {
+            "models": {
+                "real": {
+                    "deployments": [{"provider": "openai", "api_key": "${LG_TEST_KEY}", "optional": True}]
+                }
+            }
+        }
     )
     assert "real" in config.models
 
@@ -115,7 +133,9 @@ def test_unknown_key_is_reported_with_its_path(tmp_path: Path) -> None:
 
 
 def test_wrong_type_is_reported_with_its_path() -> None:
-    with pytest.raises(ConfigError, match=r"models.m.deployments\[0\].timeout.read: Input should be a valid number"):
+    with pytest.raises(
+        ConfigError, match=r"models.m.deployments\[0\].timeout.read: Input should be a valid number"
+    ):
         parse_config({"models": {"m": {"deployments": [{"provider": "mock", "timeout": {"read": "soon"}}]}}})
 
 

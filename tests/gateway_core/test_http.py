@@ -14,7 +14,9 @@ def openai_error(message: str, type_: str = "invalid_request_error", code: str |
 
 
 def test_client_mistake_keeps_status_and_upstream_message() -> None:
-    error = error_from_upstream(400, openai_error("messages is too short", code="invalid_value"), {}, "openai")
+    error = error_from_upstream(
+        400, openai_error("messages is too short", code="invalid_value"), {}, "openai"
+    )
     assert (error.status, error.message, error.param, error.code) == (
         400,
         "messages is too short",
@@ -58,5 +60,10 @@ def test_transport_failures() -> None:
 
 
 def test_forwarded_headers_keep_retry_hints_and_the_upstream_request_id() -> None:
-    headers = {"retry-after": "1", "x-request-id": "req_up", "set-cookie": "a=b", "openai-organization": "org-1"}
+    headers = {
+        "retry-after": "1",
+        "x-request-id": "req_up",
+        "set-cookie": "a=b",
+        "openai-organization": "org-1",
+    }
     assert forwarded_headers(headers) == {"retry-after": "1", "x-upstream-request-id": "req_up"}

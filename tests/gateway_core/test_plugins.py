@@ -31,7 +31,7 @@ def run_python(code: str, **env: str) -> str:
 
 def test_builtin_plugins_load_through_entry_points() -> None:
     names = {plugin["name"] for plugin in PluginHost().describe()}
-    assert BUILTIN <= names
+    assert names >= BUILTIN
 
 
 def test_described_plugins_have_version_and_hooks() -> None:
@@ -67,7 +67,9 @@ def test_load_plugins_environment_variable_narrows_loading() -> None:
 
 def test_configured_plugin_name_must_exist() -> None:
     config = parse_config({"plugins": {"opneai": {"enabled": False}}}, source="conf/x.yaml")
-    with pytest.raises(ConfigError, match=r"conf/x.yaml: plugins.opneai: no plugin of that name is installed"):
+    with pytest.raises(
+        ConfigError, match=r"conf/x.yaml: plugins.opneai: no plugin of that name is installed"
+    ):
         Gateway(config)
 
 
@@ -93,7 +95,9 @@ def test_a_name_registered_twice_names_both_plugins() -> None:
         register("mock", MockProvider)
 
     plugin.lockgate_register_providers = lockgate_register_providers  # type: ignore[attr-defined]
-    with pytest.raises(ConfigError, match=r"provider 'mock' is registered twice \(by plugin 'mock' and by plugin "):
+    with pytest.raises(
+        ConfigError, match=r"provider 'mock' is registered twice \(by plugin 'mock' and by plugin "
+    ):
         Gateway(parse_config({}), extra_plugins=[("second_mock", plugin)])
 
 

@@ -8,8 +8,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway_core.sse import DONE, PassthroughStream, error_event, sse_event
 from gateway_core.errors import GatewayError
+from gateway_core.sse import DONE, PassthroughStream, error_event, sse_event
 
 
 class FakeContent:
@@ -39,7 +39,9 @@ class FakeResponse:
         self.closed = True
 
 
-def chunk(content: str | None = None, *, usage: dict[str, int] | None = None, null_usage: bool = True) -> bytes:
+def chunk(
+    content: str | None = None, *, usage: dict[str, int] | None = None, null_usage: bool = True
+) -> bytes:
     payload: dict[str, object] = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m"}
     payload["choices"] = [] if content is None else [{"index": 0, "delta": {"content": content}}]
     if usage is not None:
@@ -52,7 +54,9 @@ def chunk(content: str | None = None, *, usage: dict[str, int] | None = None, nu
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 
 
-async def collect(response: FakeResponse, forward_usage_chunk: bool = True) -> tuple[bytes, PassthroughStream]:
+async def collect(
+    response: FakeResponse, forward_usage_chunk: bool = True
+) -> tuple[bytes, PassthroughStream]:
     stream = PassthroughStream(response, provider="up", forward_usage_chunk=forward_usage_chunk)  # type: ignore[arg-type]
     out = b"".join([event async for event in stream])
     return out, stream
@@ -129,7 +133,9 @@ async def test_read_timeout_mid_stream_is_a_504_error_event() -> None:
 
 
 async def test_upstream_error_event_is_forwarded_once() -> None:
-    upstream_error = sse_event(b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}')
+    upstream_error = sse_event(
+        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}'
+    )
     out, stream = await collect(FakeResponse([chunk("a") + upstream_error]))
     assert out == chunk("a") + upstream_error
     assert stream.error is not None
@@ -139,4 +145,6 @@ async def test_upstream_error_event_is_forwarded_once() -> None:
 def test_error_event_is_openai_shaped(status: int) -> None:
     event = error_event(GatewayError(status, "nope", type="server_error", code="x"))
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
-    assert orjson.loads(event[6:]) == {"error": {"message": "nope", "type": "server_error", "param": None, "code": "x"}}
+    assert orjson.loads(event[6:]) == {
+        "error": {"message": "nope", "type": "server_error", "param": None, "code": "x"}
+    }
