@@ -54,7 +54,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
     gateway = _gateway(args)
+
+    async def start_and_stop() -> None:
+        # Plugins validate their own options in lockgate_startup: run it, then shut down cleanly.
+        await gateway.start()
+        await gateway.stop()
+
+    asyncio.run(start_and_stop())
     groups = gateway.groups()
     deployments = sum(len(group.deployments) for group in groups)
     print(f"{gateway.config.source}: OK ({len(groups)} model(s), {deployments} deployment(s))")
@@ -160,16 +169,19 @@ def _command_plugins(argv: Sequence[str] | None) -> PluginHost:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    reported = None
     try:
         host: PluginHost | None = _command_plugins(argv)
     except ConfigError as exc:
+        reported = str(exc)
         print(f"lockgate: {exc}", file=sys.stderr)
         host = None
     args = build_parser(host).parse_args(argv)
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"lockgate: {exc}", file=sys.stderr)
+        if str(exc) != reported:  # a broken plugin is reported once, not again by the command
+            print(f"lockgate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -55,6 +55,9 @@ class DeploymentConfig(_Strict):
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     proxy: str | None = None
     optional: bool = False
+    drop_params: bool = Field(
+        False, description="drop request parameters the provider cannot express instead of answering 400"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -46,8 +46,7 @@ class Gateway:
         self.plugins.fill("lockgate_register_providers", self.providers)
         self.plugins.fill("lockgate_register_balancers", self.balancers)
         self.plugins.fill("lockgate_register_dlp_filters", self.dlp_filters)
-        for impl in self.plugins.pm.hook.lockgate_register_routes.get_hookimpls():
-            impl.function(register=self.extra_routes.append)
+        self.plugins.register_all("lockgate_register_routes", self.extra_routes.append)
         self.http = HttpClient(config.http)
         #: Model groups by name and by alias.
         self.models: dict[str, ModelGroup] = build_model_groups(
@@ -78,7 +77,7 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.config.server.graceful_timeout or None)
         try:
-            await self.plugins.call_all("lockgate_shutdown", gateway=self)
+            await self.plugins.call_each("lockgate_shutdown", gateway=self)
         finally:
             await self.http.close()
 
@@ -114,10 +113,7 @@ class Gateway:
         await self.plugins.call_all("lockgate_policy_check", ctx=ctx)
 
     async def settle(self, ctx: RequestContext) -> None:
-        try:
-            await self.plugins.call_all("lockgate_policy_settle", ctx=ctx)
-        except Exception as exc:
-            log.error("policy settle failed for %s: %s: %s", ctx.request_id, type(exc).__name__, exc)
+        await self.plugins.call_each("lockgate_policy_settle", ctx=ctx)
 
     # --- views ----------------------------------------------------------------------------------------
 

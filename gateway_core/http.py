@@ -28,6 +28,8 @@ class HttpClient:
     def __init__(self, config: HttpConfig | None = None) -> None:
         self.config = config or HttpConfig()
         self._session: aiohttp.ClientSession | None = None
+        #: Per-worker objects providers share across deployments, e.g. OAuth token caches per account.
+        self.shared: dict[str, Any] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:

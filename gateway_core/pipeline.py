@@ -8,6 +8,7 @@ answers errors in the client's dialect and settles every request exactly once, w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,30 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(
         413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large"
     )
+
+
+#: Longest time spent reading and dropping the rest of a body that is answered early.
+DISCARD_SECONDS = 2.0
+
+
+async def discard_body(receive: Receive, limit: int) -> bool:
+    """Read and drop the rest of a request body before answering early (401, 413, 415).
+
+    The server closes the connection as soon as an answer is complete while the request is still
+    coming, so a client still sending would meet a connection reset instead of the answer. Gives up
+    after ``limit`` bytes or :data:`DISCARD_SECONDS`; returns False when the client went away.
+    """
+    received = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while received <= limit:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False
+                if not message.get("more_body", False):
+                    return True
+                received += len(message.get("body", b""))
+    return True
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -284,9 +309,11 @@ class ModelEndpoint:
         ctx = RequestContext(gateway, scope.get(REQUEST_ID_KEY, ""), self.endpoint, wire.name, headers)
         watch: DisconnectWatch | None = None
         settle = False
+        body_read = False
         try:
             await gateway.authenticate(ctx, credential_from(headers))
             raw = await read_body(receive, headers, self.limit)
+            body_read = True
             body, ctx.model, ctx.stream, keep_raw = wire.decode(self.endpoint, parse_json_object(raw))
             ctx.body = body
             group = await gateway.route(ctx, ctx.model)
@@ -299,7 +326,13 @@ class ModelEndpoint:
             deployment.in_flight += 1
             call = ProviderCall(ctx, body, raw if keep_raw else None, deployment.upstream_model)
             provider = deployment.provider
-            result = await (provider.chat(call) if self.endpoint == "chat" else provider.embeddings(call))
+            if self.endpoint == "chat":
+                result = await provider.chat(call)
+            elif self.endpoint == "embeddings":
+                result = await provider.embeddings(call)
+            else:
+                count = await provider.count_tokens(call)
+                result = CompletedResponse(orjson.dumps({"input_tokens": count}))
             if isinstance(result, CompletedResponse):
                 answer = wire.encode(ctx, result)
                 _finish(ctx, 200, None, result.usage, settle)
@@ -311,7 +344,8 @@ class ModelEndpoint:
                 await self._relay(ctx, result, send, settle)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
-            await send_error(send, error, wire)
+            if body_read or await discard_body(receive, max(self.limit, 1 << 20)):
+                await send_error(send, error, wire)
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:

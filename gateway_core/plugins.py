@@ -36,6 +36,12 @@ CALLED_HOOKS = (
 LOAD_PLUGINS_ENV = "LOCKGATE_LOAD_PLUGINS"
 
 
+def _invalid_plugin(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    """pluggy's message, with the plugin's name instead of its object's repr."""
+    name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", None) or type(exc.plugin).__name__
+    return f"plugin {name!r} is invalid: " + str(exc).replace(repr(exc.plugin), repr(name))
+
+
 def entry_point_names() -> list[str]:
     return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
 
@@ -57,24 +63,26 @@ class PluginHost:
         try:
             self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
             for name, plugin in extra:
-                if not self.pm.is_blocked(name):
+                # Skip a plugin that is blocked, or already loaded through its entry point (a plugin's
+                # own tests pass it explicitly, whether or not its package is installed).
+                if not self.pm.is_blocked(name) and self.pm.get_plugin(name) is not plugin:
                     self.pm.register(plugin, name=name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+            raise ConfigError(_invalid_plugin(self.pm, exc)) from None
         self.known_names = set(available) | {name for name, _ in extra}
         self._refresh()
 
     def _refresh(self) -> None:
         """Precompute the call order of the hooks the core calls itself (cheaper than pluggy per request)."""
-        self._callers: dict[str, list[tuple[Callable[..., Any], tuple[str, ...]]]] = {}
+        self._callers: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], str]]] = {}
         for name in CALLED_HOOKS:
             callers = []
             # pluggy's order: tryfirst first, trylast last, later registrations before earlier ones.
             for impl in reversed(getattr(self.pm.hook, name).get_hookimpls()):
                 if impl.hookwrapper or impl.wrapper:
                     raise ConfigError(f"plugin {impl.plugin_name!r}: {name} does not support wrappers")
-                callers.append((impl.function, tuple(impl.argnames)))
+                callers.append((impl.function, tuple(impl.argnames), impl.plugin_name))
             self._callers[name] = callers
         self.has_policies = bool(self._callers["lockgate_policy_check"])
         self.has_settle = bool(self._callers["lockgate_policy_settle"])
@@ -85,7 +93,7 @@ class PluginHost:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {exc.plugin!r} is invalid: {exc}") from None
+            raise ConfigError(_invalid_plugin(self.pm, exc)) from None
         if name:
             self.known_names.add(name)
         self._refresh()
@@ -101,17 +109,34 @@ class PluginHost:
 
     # --- start-up ------------------------------------------------------------------------------
 
-    def fill(self, hook_name: str, registry: Registry[Any]) -> None:
-        """Call a ``register_*`` hook of every plugin, telling the registry who registers what."""
+    def register_all(
+        self, hook_name: str, register: Callable[..., None], registry: Registry[Any] | None = None
+    ) -> None:
+        """Call a ``register_*`` hook of every plugin with ``register``.
+
+        With a ``registry`` it learns which plugin registers what. Registration hooks are
+        synchronous: an ``async def`` implementation is a start-up error, not a silent no-op.
+        """
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            registry.current_plugin = impl.plugin_name
-            impl.function(**{arg: registry.register for arg in impl.argnames})
-        registry.current_plugin = "?"
+            if registry is not None:
+                registry.current_plugin = impl.plugin_name
+            result = impl.function(**{arg: register for arg in impl.argnames})
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise ConfigError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} must be a plain function, not async"
+                )
+        if registry is not None:
+            registry.current_plugin = "?"
+
+    def fill(self, hook_name: str, registry: Registry[Any]) -> None:
+        """Fill a typed registry from a ``register_*`` hook."""
+        self.register_all(hook_name, registry.register, registry)
 
     def commands(self) -> list[Command]:
         found: list[Command] = []
-        for impl in self.pm.hook.lockgate_register_commands.get_hookimpls():
-            impl.function(register=found.append)
+        self.register_all("lockgate_register_commands", found.append)
         return found
 
     async def call_all(self, hook_name: str, **kwargs: Any) -> None:
@@ -119,14 +144,28 @@ class PluginHost:
 
         An exception stops the call: later implementations do not run.
         """
-        for function, argnames in self._callers[hook_name]:
+        for function, argnames, _ in self._callers[hook_name]:
             result = function(**{arg: kwargs[arg] for arg in argnames})
             if inspect.isawaitable(result):
                 await result
 
+    async def call_each(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation; one that fails is logged and the others still run.
+
+        For hooks that release or flush (settlements, shutdown): one faulty plugin must not keep
+        another from releasing what it holds.
+        """
+        for function, argnames, plugin in self._callers[hook_name]:
+            try:
+                result = function(**{arg: kwargs[arg] for arg in argnames})
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.error("%s of plugin %s failed: %s: %s", hook_name, plugin, type(exc).__name__, exc)
+
     async def first_result(self, hook_name: str, **kwargs: Any) -> Any:
         """Call implementations in pluggy's order until one answers something other than None."""
-        for function, argnames in self._callers[hook_name]:
+        for function, argnames, _ in self._callers[hook_name]:
             result = function(**{arg: kwargs[arg] for arg in argnames})
             if inspect.isawaitable(result):
                 result = await result

@@ -6,13 +6,15 @@ per configured deployment, so per-deployment work (URLs, headers, timeouts) is d
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
-from gateway_core.errors import GatewayError
+from gateway_core.errors import ConfigError, GatewayError
 from gateway_core.types import RequestContext, Usage
 
 if TYPE_CHECKING:
@@ -65,6 +67,23 @@ class ChatStream:
     def close(self) -> None:
         """Release the upstream connection; called once when the stream ended or the client left."""
 
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The stream as canonical chunk dicts, for clients of another dialect.
+
+        The default decodes the OpenAI events of ``__aiter__``; streams that hold dicts anyway
+        override it. Error events are not chunks: they end the iteration with :attr:`error` set.
+        """
+        from gateway_core.sse import SSEParser
+
+        parser = SSEParser()
+        async for raw in self:
+            for _, data in parser.feed(raw):
+                if data == "[DONE]":
+                    continue
+                chunk = orjson.loads(data)
+                if isinstance(chunk, dict) and "error" not in chunk:
+                    yield chunk
+
 
 class Provider:
     """Base class of provider plugins.
@@ -87,6 +106,22 @@ class Provider:
         self.options = options
         self.http = http
 
+    def api_key(self, *fallback_env: str, required: bool | None = None) -> str | None:
+        """The deployment's ``api_key``, else the first set of :attr:`api_key_env` and ``fallback_env``.
+
+        With ``required`` (default: :attr:`requires_api_key`) a missing key is a start-up error.
+        """
+        if self.deployment.api_key is not None:
+            return self.deployment.api_key.get_secret_value()
+        names = [name for name in (self.api_key_env, *fallback_env) if name]
+        for name in names:
+            if value := os.environ.get(name):
+                return value
+        if self.requires_api_key if required is None else required:
+            where = " or ".join(names) if names else "the deployment's api_key"
+            raise ConfigError(f"provider {self.name!r} needs an API key: set api_key or {where}")
+        return None
+
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         raise NotImplementedError
 
@@ -97,6 +132,15 @@ class Provider:
             param="model",
             code="unsupported_endpoint",
         )
+
+    async def count_tokens(self, call: ProviderCall) -> int:
+        """Input tokens of a chat request, for ``/v1/messages/count_tokens``.
+
+        The default is an estimate (about four characters per token of the messages, tools and
+        system prompt); providers with a counting endpoint override it.
+        """
+        text = orjson.dumps([call.body.get("messages"), call.body.get("tools")])
+        return max(1, len(text) // 4)
 
     def describe(self) -> dict[str, Any]:
         """What ``/-/plugins`` and health views may show; never secrets."""

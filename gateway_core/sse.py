@@ -125,10 +125,8 @@ class PassthroughStream(ChatStream):
         return event
 
     def close(self) -> None:
-        if self._complete:
-            self.response.release()
-        else:
-            self.response.close()
+        # aiohttp pools the connection only when the body was read to the end, and closes it otherwise.
+        self.response.release()
 
 
 class SSEParser:

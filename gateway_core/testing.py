@@ -96,6 +96,12 @@ class GatewayServer:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
+            try:
+                await self.gateway.start()  # start-up errors surface as themselves (e.g. ConfigError)
+            except BaseException as exc:
+                self._error = exc
+                self._started.set()
+                return
             server = asyncio.ensure_future(serve(self.app, hc, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
             try:
                 for _ in range(1500):

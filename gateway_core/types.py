@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
     from gateway_core.routing import Deployment, ModelGroup
 
-Endpoint = Literal["chat", "embeddings"]
+Endpoint = Literal["chat", "embeddings", "count_tokens"]
 Dialect = Literal["openai", "anthropic"]
 
 

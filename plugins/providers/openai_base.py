@@ -8,7 +8,6 @@ registers nothing itself.
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 import aiohttp
@@ -18,7 +17,6 @@ from pydantic import BaseModel, ConfigDict
 from gateway_core import (
     ChatStream,
     CompletedResponse,
-    ConfigError,
     DeploymentConfig,
     HttpClient,
     Provider,
@@ -55,12 +53,7 @@ class OpenAIProvider(Provider):
         assert isinstance(options, OpenAIOptions)
         self.request_stream_usage = options.request_stream_usage
         self.chat_url, self.embeddings_url = self.endpoints(deployment, options)
-        if deployment.api_key is not None:
-            key: str | None = deployment.api_key.get_secret_value()
-        else:
-            key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if not key and (deployment.base_url is None or self.requires_api_key):
-            raise ConfigError(f"provider {self.name!r} needs an API key: set api_key or {self.api_key_env}")
+        key = self.api_key(required=deployment.base_url is None or self.requires_api_key)
         headers = {"Content-Type": "application/json"}
         if key:
             headers.update(self.auth_headers(key, options))

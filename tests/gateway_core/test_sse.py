@@ -70,7 +70,7 @@ async def test_events_split_across_reads_are_forwarded_byte_for_byte() -> None:
     assert out == body
     assert stream.usage is not None and stream.usage.total_tokens == 12
     assert stream.error is None
-    assert response.released and not response.closed
+    assert response.released
 
 
 async def test_usage_chunk_the_client_did_not_ask_for_is_dropped() -> None:
@@ -113,7 +113,7 @@ async def test_stream_ending_without_done_ends_with_an_error_event() -> None:
     assert error["error"]["type"] == "server_error"
     assert "ended the stream early" in error["error"]["message"]
     assert stream.error is not None and stream.error.status == 502
-    assert response.closed
+    assert response.released
 
 
 async def test_connection_reset_mid_stream_ends_with_an_error_event() -> None:

@@ -43,7 +43,7 @@ class ShoutOptions(BaseModel):
 class ShoutSettings(BaseModel):
     """The plugin's own options, under ``plugins.lockgate_shout``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # an unknown key is an error, not silently ignored
 
     prefix: str = Field("", max_length=32, description="put in front of every answer")
 
@@ -71,7 +71,7 @@ class ShoutStream(ChatStream):
         self.events = events
         self.usage = usage
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         for event in self.events:
             yield event
 
@@ -114,7 +114,9 @@ class ShoutProvider(Provider):
         events.append(chunk({}, "stop"))
         stream_options = call.body.get("stream_options") or {}
         if stream_options.get("include_usage"):
-            events.append(sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": openai_usage}))
+            events.append(
+                sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": openai_usage})
+            )
         events.append(DONE)
         return ShoutStream(events, usage)
 
