@@ -16,17 +16,22 @@ from gateway_core.config import GatewayConfig
 from gateway_core.errors import ConfigError, GatewayError
 from gateway_core.gateway import Gateway
 from gateway_core.middleware import RequestIdMiddleware
-from gateway_core.pipeline import ModelEndpoint
+from gateway_core.pipeline import OPENAI, ModelEndpoint, WireFormat
 from gateway_core.routes import meta, openai
+from gateway_core.routes.messages import ANTHROPIC
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+def wire_for(path: str) -> WireFormat:
+    """The client dialect of a path, for errors raised outside the model endpoints (404, 405, ...)."""
+    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+
+
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(
-        exc.openai_body(), status_code=exc.status, headers=exc.headers, media_type="application/json"
-    )
+    body = wire_for(request.url.path).error_body(exc)
+    return Response(body, status_code=exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -61,6 +66,10 @@ def create_app(
     routes = [
         Route("/v1/chat/completions", ModelEndpoint(gateway, "chat"), methods=["POST"]),
         Route("/v1/embeddings", ModelEndpoint(gateway, "embeddings"), methods=["POST"]),
+        Route("/v1/messages", ModelEndpoint(gateway, "chat", ANTHROPIC), methods=["POST"]),
+        Route(
+            "/v1/messages/count_tokens", ModelEndpoint(gateway, "count_tokens", ANTHROPIC), methods=["POST"]
+        ),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
         Route("/health", meta.health, methods=["GET"]),

@@ -50,4 +50,6 @@ class RequestIdMiddleware:
             log.error("request %s failed: %s: %s", scope[REQUEST_ID_KEY], type(exc).__name__, exc)
             if not started:
                 error = GatewayError(500, "The gateway failed to handle the request.", type="server_error")
-                await send_error(send_with_id, error)
+                from gateway_core.app import wire_for
+
+                await send_error(send_with_id, error, wire_for(scope.get("path", "")))

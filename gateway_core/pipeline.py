@@ -314,7 +314,8 @@ class ModelEndpoint:
             await gateway.authenticate(ctx, credential_from(headers))
             raw = await read_body(receive, headers, self.limit)
             body_read = True
-            body, ctx.model, ctx.stream, keep_raw = wire.decode(self.endpoint, parse_json_object(raw))
+            client_body = parse_json_object(raw)
+            body, ctx.model, ctx.stream, keep_raw = wire.decode(self.endpoint, client_body)
             ctx.body = body
             group = await gateway.route(ctx, ctx.model)
             watch = DisconnectWatch(receive)
@@ -324,7 +325,13 @@ class ModelEndpoint:
             deployment = group.balancer.choose(ctx)
             ctx.deployment = deployment
             deployment.in_flight += 1
-            call = ProviderCall(ctx, body, raw if keep_raw else None, deployment.upstream_model)
+            call = ProviderCall(
+                ctx,
+                body,
+                raw if keep_raw else None,
+                deployment.upstream_model,
+                None if wire is OPENAI else client_body,
+            )
             provider = deployment.provider
             if self.endpoint == "chat":
                 result = await provider.chat(call)

@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from gateway_core.errors import ConfigError, GatewayError
-from gateway_core.types import RequestContext, Usage
+from gateway_core.types import Dialect, RequestContext, Usage
 
 if TYPE_CHECKING:
     from gateway_core.config import DeploymentConfig
@@ -38,6 +38,9 @@ class ProviderCall:
     raw: bytes | None
     #: The model name the upstream expects for this deployment.
     upstream_model: str
+    #: The client's own body when its dialect is not OpenAI's, so a provider speaking that dialect
+    #: natively can forward it untranslated (answering with ``dialect`` set to it).
+    client_body: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -48,6 +51,8 @@ class CompletedResponse:
     usage: Usage | None = None
     #: Upstream headers worth passing to the client (request id, rate limit hints).
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The wire format of ``body``: OpenAI's, or the client's own when a provider forwarded natively.
+    dialect: Dialect = "openai"
 
 
 class ChatStream:
@@ -60,6 +65,8 @@ class ChatStream:
     usage: Usage | None = None
     error: GatewayError | None = None
     headers: Mapping[str, str] = {}
+    #: The wire format of the events: OpenAI's, or the client's own when forwarded natively.
+    dialect: Dialect = "openai"
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         raise NotImplementedError

@@ -96,7 +96,7 @@ class PassthroughStream(ChatStream):
                 )
                 yield error_event(self.error)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            error = _transport_error(exc, self.provider)
+            error = transport_error(exc, self.provider)
             log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
             self.error = error
             yield error_event(error)
@@ -215,7 +215,7 @@ class ChunkStream(ChatStream):
         except GatewayError as exc:
             self.error = exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.error = _transport_error(exc, self.provider)
+            self.error = transport_error(exc, self.provider)
             log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
         finally:
             self.close()
@@ -232,7 +232,8 @@ class ChunkStream(ChatStream):
                 self._on_close()
 
 
-def _transport_error(exc: BaseException, provider: str) -> GatewayError:
+def transport_error(exc: BaseException, provider: str) -> GatewayError:
+    """The client's error for a stream whose upstream timed out or broke after it started."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return upstream_error(
             f"The upstream provider {provider!r} timed out mid-stream.", status=504, code="upstream_timeout"

@@ -44,6 +44,8 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
+    #: Prompt tokens written to the provider's cache (billed differently by some providers).
+    cache_write_tokens: int = 0
     reasoning_tokens: int = 0
 
     @classmethod
@@ -59,6 +61,7 @@ class Usage:
             completion_tokens=completion,
             total_tokens=int(usage.get("total_tokens") or prompt + completion),
             cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+            cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
             reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
         )
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
-import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +108,7 @@ def _error(
     status: int,
     message: str,
     *,
-    type: str = "invalid_request_error",  # noqa: A002 - the wire field
+    type: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
@@ -148,7 +146,7 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         #: Requests whose caller went away before the answer was complete (stream or not).
         self.aborted: list[RecordedRequest] = []
-        #: Streams the fake sent to the end (``[DONE]`` included).
+        #: Streams the fake sent to the end: counted as their ``[DONE]`` goes out.
         self.completed_streams = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,11 +155,10 @@ class FakeOpenAI:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._counter = 0
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.url}/v1"
+        #: Known once started: the server binds a free port itself, so no other server can take it.
+        self.port = 0
+        self.url = ""
+        self.base_url = ""
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -196,15 +193,26 @@ class FakeOpenAI:
             time.sleep(0.02)
         return self.was_aborted(marker)
 
+    async def wait_aborted_async(self, marker: str, timeout: float = 3.0) -> bool:
+        """:meth:`wait_aborted` for async tests: polls without blocking the test's event loop."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.was_aborted(marker):
+                return True
+            await asyncio.sleep(0.02)
+        return self.was_aborted(marker)
+
     # --- life cycle ----------------------------------------------------------------------------------
 
     def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._run, name=f"fake-openai-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the fake OpenAI server did not start within 10 s")
         if self._failure is not None:
             raise self._failure
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
         return self
 
     def stop(self) -> None:
@@ -231,7 +239,8 @@ class FakeOpenAI:
             runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
             await runner.setup()
             try:
-                await web.TCPSite(runner, "127.0.0.1", self.port).start()
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
+                self.port = runner.addresses[0][1]
             except BaseException as exc:
                 self._failure = exc
                 self._ready.set()
@@ -247,9 +256,7 @@ class FakeOpenAI:
 
     # --- request handling ----------------------------------------------------------------------------
 
-    def _guard(
-        self, handler: Callable[[web.Request, RecordedRequest], Any]
-    ) -> Callable[[web.Request], Any]:
+    def _guard(self, handler: Callable[[web.Request, RecordedRequest], Any]) -> Callable[[web.Request], Any]:
         """Record the request, check the key, apply injected faults, then run ``handler``."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -340,7 +347,9 @@ class FakeOpenAI:
                 "help center at help.openai.com.)",
             )
         if not isinstance(data, dict):
-            return _error(400, f"Invalid type for request body: expected an object, but got {type(data).__name__}.")
+            return _error(
+                400, f"Invalid type for request body: expected an object, but got {type(data).__name__}."
+            )
         return data
 
     def _unknown_parameter(self, data: dict[str, Any], known: frozenset[str]) -> web.Response | None:
@@ -364,7 +373,10 @@ class FakeOpenAI:
         messages = data.get("messages")
         if messages is None:
             return _error(
-                400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+                400,
+                "Missing required parameter: 'messages'.",
+                param="messages",
+                code="missing_required_parameter",
             )
         if not isinstance(messages, list) or not messages:
             return _error(
@@ -431,7 +443,12 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply, "refusal": None, "annotations": []},
+                        "message": {
+                            "role": "assistant",
+                            "content": reply,
+                            "refusal": None,
+                            "annotations": [],
+                        },
                         "logprobs": None,
                         "finish_reason": "stop",
                     }
@@ -440,7 +457,9 @@ class FakeOpenAI:
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake0001",
             }
-            return web.Response(body=orjson.dumps(answer), content_type="application/json", headers=self._headers())
+            return web.Response(
+                body=orjson.dumps(answer), content_type="application/json", headers=self._headers()
+            )
         stream_options = data.get("stream_options") or {}
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         return await self._stream(request, completion_id, model, reply, usage if include_usage else None)
@@ -449,20 +468,26 @@ class FakeOpenAI:
         self, request: web.Request, completion_id: str, model: str, reply: str, usage: dict[str, Any] | None
     ) -> web.StreamResponse:
         behaviour = self.behaviour
-        head = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-        tail: dict[str, Any] = {"service_tier": "default", "system_fingerprint": "fp_fake0001"}
-        if usage is not None:
-            tail["usage"] = None
+        head: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        head["service_tier"] = "default"
+        head["system_fingerprint"] = "fp_fake0001"
+        # With include_usage every chunk carries "usage": null, and a last chunk without choices the usage.
+        tail: dict[str, Any] = {} if usage is None else {"usage": None}
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return b"data: " + orjson.dumps({**head, **tail, "choices": [choice]}) + b"\n\n"
+            return b"data: " + orjson.dumps({**head, "choices": [choice], **tail}) + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": "", "refusal": None})]
         events += [chunk({"content": piece}) for piece in split_reply(reply, behaviour.chunks)]
         events.append(chunk({}, "stop"))
         if usage is not None:
-            events.append(b"data: " + orjson.dumps({**head, **tail, "choices": [], "usage": usage}) + b"\n\n")
+            events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
 
         response = web.StreamResponse(headers=self._headers())
@@ -480,13 +505,15 @@ class FakeOpenAI:
                 await asyncio.sleep(behaviour.chunk_interval)
             if request.transport is None or request.transport.is_closing():
                 raise _ClientGone
+            if event is events[-1]:
+                # Counted before [DONE] goes out: a caller that has read it sees the count.
+                with self._lock:
+                    self.completed_streams += 1
             try:
                 await response.write(event)
             except (ConnectionError, RuntimeError) as exc:
                 raise _ClientGone from exc
         await response.write_eof()
-        with self._lock:
-            self.completed_streams += 1
         return response
 
     async def _embeddings(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
@@ -496,7 +523,9 @@ class FakeOpenAI:
         if "model" not in data:
             return _error(400, "you must provide a model parameter")
         if "input" not in data:
-            return _error(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+            return _error(
+                400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
         unknown = self._unknown_parameter(data, EMBEDDING_PARAMETERS)
         if unknown is not None:
             return unknown
@@ -517,7 +546,11 @@ class FakeOpenAI:
             )
         dimensions = data.get("dimensions") or EMBEDDING_MODELS[model]
         raw_input = data["input"]
-        inputs = raw_input if isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], str) else [raw_input]
+        inputs = (
+            raw_input
+            if isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], str)
+            else [raw_input]
+        )
         items = []
         tokens = 0
         for index, item in enumerate(inputs):
@@ -528,12 +561,19 @@ class FakeOpenAI:
             if encoding_format == "base64":
                 embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
             items.append({"object": "embedding", "index": index, "embedding": embedding})
-        body = {"object": "list", "data": items, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        body = {
+            "object": "list",
+            "data": items,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=self._headers())
 
     async def _list_models(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
         data = [self._model(name) for name in (*CHAT_MODELS, *EMBEDDING_MODELS)]
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+        )
 
     async def _retrieve_model(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
         model = request.match_info["model"]
@@ -544,10 +584,3 @@ class FakeOpenAI:
     @staticmethod
     def _model(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": CREATED, "owned_by": "system"}
-
-
-@contextlib.contextmanager
-def fake_openai(api_key: str = DEFAULT_API_KEY) -> Iterator[FakeOpenAI]:
-    """Serve a :class:`FakeOpenAI` for the duration of the ``with`` block."""
-    with FakeOpenAI(api_key) as fake:
-        yield fake

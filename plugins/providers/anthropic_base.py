@@ -1,0 +1,226 @@
+"""The provider base for upstreams that speak Anthropic's Messages API.
+
+OpenAI-shaped requests are translated to Anthropic's form and answers back, streams event by event.
+Shared by the ``anthropic`` and ``vertex`` plugins; it registers nothing itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway_core import (
+    ChatStream,
+    CompletedResponse,
+    DeploymentConfig,
+    GatewayError,
+    HttpClient,
+    Provider,
+    ProviderCall,
+    Usage,
+)
+from gateway_core.dialects import anthropic as dialect
+from gateway_core.errors import upstream_error
+from gateway_core.http import client_timeout, forwarded_headers, post, read_json
+from gateway_core.sse import ChunkStream, SSEParser, transport_error
+
+DEFAULT_VERSION = "2023-06-01"
+#: Messages fields the count-tokens endpoint does not take.
+_NOT_COUNTED = (
+    "max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata", "service_tier",
+)  # fmt: skip
+
+
+class AnthropicOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: ``anthropic-version`` header.
+    version: str = DEFAULT_VERSION
+    #: ``anthropic-beta`` features to enable.
+    beta: list[str] = Field(default_factory=list)
+    #: ``max_tokens`` sent when the client gives none (Anthropic requires one).
+    default_max_tokens: int = Field(4096, ge=1)
+
+
+def wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _decode_error(status: int, body: bytes, headers: Mapping[str, str], provider: str) -> GatewayError:
+    return dialect.decode_error(status, body, headers)
+
+
+async def translate_stream(
+    response: aiohttp.ClientResponse, decoder: Any, provider: str
+) -> AsyncIterator[dict[str, Any]]:
+    """Anthropic SSE events in, canonical chunks out; a stream without ``message_stop`` is an error."""
+    parser = SSEParser()
+    finished = False
+    async for raw in response.content.iter_any():
+        for event, data in parser.feed(raw):
+            if event == "message_stop":
+                finished = True
+            for chunk in decoder.feed(event, orjson.loads(data)):
+                yield chunk
+    for event, data in parser.flush():
+        finished = finished or event == "message_stop"
+        for chunk in decoder.feed(event, orjson.loads(data)):
+            yield chunk
+    if not finished:
+        raise upstream_error(f"The upstream provider {provider!r} ended the stream early.")
+
+
+def usage_from_anthropic(usage: Any) -> Usage | None:
+    return Usage.from_openai(dialect.openai_usage(usage)) if isinstance(usage, Mapping) else None
+
+
+def error_frame(error: GatewayError) -> bytes:
+    return b"event: error\ndata: " + dialect.encode_error(error) + b"\n\n"
+
+
+class AnthropicPassthroughStream(ChatStream):
+    """Forwards an Anthropic stream to an Anthropic client byte for byte, reading only its usage.
+
+    A stream that ends without ``message_stop``, resets or times out ends with an Anthropic ``error``
+    event instead of a silent truncation.
+    """
+
+    dialect = "anthropic"
+
+    def __init__(self, response: aiohttp.ClientResponse, provider: str, headers: Mapping[str, str]) -> None:
+        self.response = response
+        self.provider = provider
+        self.headers = dict(headers)
+        self._parser = SSEParser()
+        self._usage: dict[str, Any] = {}
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for raw in self.response.content.iter_any():
+                self._tap(self._parser.feed(raw))
+                yield raw
+            self._tap(self._parser.flush())
+            if not self._complete and self.error is None:
+                self.error = upstream_error(
+                    f"The upstream provider {self.provider!r} ended the stream early."
+                )
+                yield error_frame(self.error)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.error = transport_error(exc, self.provider)
+            yield error_frame(self.error)
+        finally:
+            self.close()
+
+    def _tap(self, events: list[tuple[str | None, str]]) -> None:
+        for event, data in events:
+            if event == "message_start":
+                self._usage.update(orjson.loads(data).get("message", {}).get("usage") or {})
+            elif event == "message_delta":
+                self._usage.update(orjson.loads(data).get("usage") or {})
+            elif event == "message_stop":
+                self._complete = True
+            elif event == "error":
+                message = str(orjson.loads(data).get("error", {}).get("message") or "upstream error")
+                self.error = upstream_error(f"The upstream provider {self.provider!r} failed: {message}")
+        if self._usage:
+            self.usage = usage_from_anthropic(self._usage)
+
+    def close(self) -> None:
+        self.response.release()
+
+
+class AnthropicMessagesProvider(Provider):
+    """Chat through a Messages-API endpoint; subclasses set :meth:`urls` and :meth:`request_headers`."""
+
+    Options: ClassVar[type[BaseModel]] = AnthropicOptions
+
+    def __init__(self, deployment: DeploymentConfig, options: BaseModel, http: HttpClient) -> None:
+        super().__init__(deployment, options, http)
+        assert isinstance(options, AnthropicOptions)
+        self.default_max_tokens = options.default_max_tokens
+        self.timeout = client_timeout(deployment.timeout)
+
+    def urls(self, model: str, stream: bool) -> tuple[str, str]:
+        """The messages URL and the count-tokens URL for ``model``."""
+        raise NotImplementedError
+
+    async def request_headers(self) -> Mapping[str, str]:
+        raise NotImplementedError
+
+    def encode(self, call: ProviderCall) -> dict[str, Any]:
+        payload = dialect.encode_chat_request(
+            call.body,
+            model=call.upstream_model,
+            drop_params=self.deployment.drop_params,
+            default_max_tokens=self.default_max_tokens,
+        )
+        if call.ctx.stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream", None)
+        return payload
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        return await post(
+            self.http,
+            url,
+            orjson.dumps(payload),
+            headers=await self.request_headers(),
+            timeouts=self.timeout,
+            proxy=self.deployment.proxy,
+            provider=self.name,
+            decode_error=_decode_error,
+        )
+
+    def native_payload(self, call: ProviderCall) -> dict[str, Any]:
+        """The Anthropic client's own body, for this deployment's model."""
+        assert call.client_body is not None
+        return {**call.client_body, "model": call.upstream_model}
+
+    async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
+        if call.client_body is not None and call.ctx.dialect == "anthropic":
+            return await self._forward(call)
+        url, _ = self.urls(call.upstream_model, call.ctx.stream)
+        response = await self._post(url, self.encode(call))
+        headers = forwarded_headers(response.headers)
+        if not call.ctx.stream:
+            _, data = await read_json(response, self.name)
+            answer = dialect.decode_chat_response(data, model=call.upstream_model)
+            return CompletedResponse(orjson.dumps(answer), Usage.from_openai(answer.get("usage")), headers)
+        decoder = dialect.StreamDecoder(model=call.upstream_model)
+        return ChunkStream(
+            translate_stream(response, decoder, self.name),
+            provider=self.name,
+            include_usage=wants_usage(call.body),
+            on_close=response.release,
+            headers=headers,
+        )
+
+    async def _forward(self, call: ProviderCall) -> CompletedResponse | ChatStream:
+        """Same dialect on both sides: forward the client's body, answer the upstream's bytes."""
+        url, _ = self.urls(call.upstream_model, call.ctx.stream)
+        response = await self._post(url, self.native_payload(call))
+        headers = forwarded_headers(response.headers)
+        if call.ctx.stream:
+            return AnthropicPassthroughStream(response, self.name, headers)
+        body, data = await read_json(response, self.name)
+        usage = usage_from_anthropic(data.get("usage")) if isinstance(data, dict) else None
+        return CompletedResponse(body, usage, headers, dialect="anthropic")
+
+    async def count_tokens(self, call: ProviderCall) -> int:
+        _, count_url = self.urls(call.upstream_model, False)
+        if call.client_body is not None and call.ctx.dialect == "anthropic":
+            payload = self.native_payload(call)
+        else:
+            payload = self.encode(call)
+        for field in _NOT_COUNTED:
+            payload.pop(field, None)
+        response = await self._post(count_url, payload)
+        _, data = await read_json(response, self.name)
+        return int(data.get("input_tokens", 0)) if isinstance(data, dict) else 0

@@ -1,0 +1,113 @@
+"""The provider base for upstreams that speak Gemini's ``generateContent`` body format.
+
+Requests are translated from the OpenAI form and answers back, streams event by event. Shared by the
+``gemini`` (AI Studio) and ``vertex`` plugins, which differ in URLs and authentication; it registers
+nothing itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from pydantic import BaseModel
+
+from gateway_core import (
+    ChatStream,
+    CompletedResponse,
+    DeploymentConfig,
+    GatewayError,
+    HttpClient,
+    Provider,
+    ProviderCall,
+    Usage,
+)
+from gateway_core.dialects import gemini as dialect
+from gateway_core.http import client_timeout, forwarded_headers, post, read_json
+from gateway_core.sse import ChunkStream, SSEParser
+
+
+def wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _decode_error(status: int, body: bytes, headers: Mapping[str, str], provider: str) -> GatewayError:
+    return dialect.decode_error(status, body, headers)
+
+
+async def translate_stream(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[dict[str, Any]]:
+    """Gemini's SSE events (each a partial ``GenerateContentResponse``) in, canonical chunks out."""
+    parser = SSEParser()
+    async for raw in response.content.iter_any():
+        for _, data in parser.feed(raw):
+            for chunk in decoder.feed(orjson.loads(data)):
+                yield chunk
+    for _, data in parser.flush():
+        for chunk in decoder.feed(orjson.loads(data)):
+            yield chunk
+    for chunk in decoder.finish():
+        yield chunk
+
+
+class GoogleGenerativeProvider(Provider):
+    """Shared flow of providers speaking Gemini's body format; subclasses set URLs and auth."""
+
+    supports_embeddings: ClassVar[bool] = True
+
+    def __init__(self, deployment: DeploymentConfig, options: BaseModel, http: HttpClient) -> None:
+        super().__init__(deployment, options, http)
+        self.timeout = client_timeout(deployment.timeout)
+
+    def model_url(self, model: str, method: str) -> str:
+        raise NotImplementedError
+
+    async def request_headers(self) -> Mapping[str, str]:
+        raise NotImplementedError
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        return await post(
+            self.http,
+            url,
+            orjson.dumps(payload),
+            headers=await self.request_headers(),
+            timeouts=self.timeout,
+            proxy=self.deployment.proxy,
+            provider=self.name,
+            decode_error=_decode_error,
+        )
+
+    async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
+        payload = dialect.encode_chat_request(call.body, drop_params=self.deployment.drop_params)
+        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        model = call.upstream_model
+        if not call.ctx.stream:
+            response = await self._post(self.model_url(model, "generateContent"), payload)
+            _, data = await read_json(response, self.name)
+            answer = dialect.decode_chat_response(data, model=model, response_id=response_id)
+            usage = Usage.from_openai(answer.get("usage"))
+            return CompletedResponse(orjson.dumps(answer), usage, forwarded_headers(response.headers))
+        response = await self._post(self.model_url(model, "streamGenerateContent") + "?alt=sse", payload)
+        decoder = dialect.StreamDecoder(model=model, response_id=response_id)
+        return ChunkStream(
+            translate_stream(response, decoder),
+            provider=self.name,
+            include_usage=wants_usage(call.body),
+            on_close=response.release,
+            headers=forwarded_headers(response.headers),
+        )
+
+    async def embeddings(self, call: ProviderCall) -> CompletedResponse:
+        model = call.upstream_model
+        payload = dialect.encode_embeddings_request(call.body, model=model)
+        response = await self._post(self.model_url(model, "batchEmbedContents"), payload)
+        _, data = await read_json(response, self.name)
+        texts = call.body.get("input")
+        estimate = len(orjson.dumps(texts)) // 4
+        answer = dialect.decode_embeddings_response(
+            data, model=model, encoding_format=call.body.get("encoding_format"), prompt_tokens=estimate
+        )
+        return CompletedResponse(orjson.dumps(answer), Usage.from_openai(answer.get("usage")))
