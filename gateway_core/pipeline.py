@@ -65,18 +65,27 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    body = b""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected
+    if not message.get("more_body", False):  # the usual case: the whole body in one message
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    chunks = [message.get("body", b"")]
+    size = len(chunks[0])
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
-        if chunk:
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(limit)
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            return body
+            return b"".join(chunks)
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -343,7 +352,11 @@ class ModelEndpoint:
             if isinstance(result, CompletedResponse):
                 answer = wire.encode(ctx, result)
                 _finish(ctx, 200, None, result.usage, settle)
-                response_headers = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
+                response_headers = [
+                    *_JSON_HEADERS,
+                    (b"content-length", str(len(answer)).encode()),
+                    (b"x-lockgate-deployment", deployment.header_value),
+                ]
                 response_headers += [(k.encode(), v.encode()) for k, v in result.headers.items()]
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
                 await send({"type": "http.response.body", "body": answer})
@@ -351,7 +364,7 @@ class ModelEndpoint:
                 await self._relay(ctx, result, send, settle)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
-            if body_read or await discard_body(receive, max(self.limit, 1 << 20)):
+            if body_read or await self._drain(receive, headers):
                 await send_error(send, error, wire)
         except ClientDisconnected:
             pass
@@ -371,8 +384,18 @@ class ModelEndpoint:
             if watch is not None:
                 watch.stop()
 
+    async def _drain(self, receive: Receive, headers: Headers) -> bool:
+        """Before an early answer, drop the unread body (up to a bound) so the client reads the answer."""
+        declared = headers.get("content-length")
+        bound = max(self.limit, 1 << 20)
+        if declared is not None and declared.isdigit() and int(declared) > bound:
+            return True  # far too large to read: answer now and let the connection close
+        return await discard_body(receive, bound)
+
     async def _relay(self, ctx: RequestContext, stream: ChatStream, send: Send, settle: bool) -> None:
         headers = list(_STREAM_HEADERS)
+        if ctx.deployment is not None:
+            headers.append((b"x-lockgate-deployment", ctx.deployment.header_value))
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
 
         async def write(event: bytes) -> None:

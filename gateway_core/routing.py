@@ -27,6 +27,11 @@ class Deployment:
     weight: float = 1.0
     #: Calls in flight on this deployment in this worker.
     in_flight: int = 0
+    #: ``id`` as the ``x-lockgate-deployment`` response header value.
+    header_value: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.header_value = self.id.encode("ascii", "replace")
 
 
 @dataclass(slots=True, eq=False)

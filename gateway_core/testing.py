@@ -15,6 +15,7 @@ fixture: a factory that starts servers and stops them when the test ends.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -61,7 +62,10 @@ class GatewayServer:
             self.config = config
         else:
             self.config = parse_config(with_test_key(config, api_key), source="<test config>", base=base)
-        self.port = free_port()
+        # Bind now and hand the socket to hypercorn, so no other process can take the port meanwhile.
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
         self.config.server = self.config.server.model_copy(update={"host": "127.0.0.1", "port": self.port})
         self.extra_plugins = list(extra_plugins)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,6 +96,8 @@ class GatewayServer:
 
         hc = hypercorn_config(self.config)
         hc.worker_class = "asyncio"
+        fd = self._socket.detach()  # hypercorn owns and closes it from here on
+        hc.bind = [f"fd://{fd}"]
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
@@ -99,6 +105,7 @@ class GatewayServer:
             try:
                 await self.gateway.start()  # start-up errors surface as themselves (e.g. ConfigError)
             except BaseException as exc:
+                os.close(fd)
                 self._error = exc
                 self._started.set()
                 return
@@ -128,6 +135,8 @@ class GatewayServer:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
         self._thread = None
+        if self._socket.fileno() != -1:  # never handed to hypercorn
+            self._socket.close()
 
     def __enter__(self) -> GatewayServer:
         return self.start()

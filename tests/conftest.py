@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -16,35 +14,31 @@ from tests.fakes import FakeOpenAI
 
 #: A second gateway key that may only use the mock models.
 MOCK_ONLY_KEY = "lg-mock-only-key-0123456789abcdef"
-#: The gateway refuses bodies larger than this with 413.
-MAX_BODY_BYTES = 16 * 1024
-#: The read timeout of the ``gpt-slow`` deployment.
-SLOW_READ_TIMEOUT = 0.5
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def gateway_config(fake: FakeOpenAI) -> dict[str, Any]:
+def gateway_config(fake: FakeOpenAI, refused_port: int) -> dict[str, Any]:
     """Models on the fake upstream (named for what they exercise) and on the mock provider."""
 
     def upstream(**extra: Any) -> dict[str, Any]:
-        return {"deployments": [{"provider": "openai", "base_url": fake.base_url, "api_key": fake.api_key, **extra}]}
+        return {
+            "deployments": [
+                {"provider": "openai", "base_url": fake.base_url, "api_key": fake.api_key, **extra}
+            ]
+        }
 
     return {
-        "server": {"max_body_bytes": MAX_BODY_BYTES, "graceful_timeout": 2},
+        "server": {"max_body_bytes": 16 * 1024, "graceful_timeout": 2},
         "models": {
             "gpt-4o-mini": upstream(),
             "text-embedding-3-small": upstream(),
             "my-gpt": upstream(model="gpt-4o-mini"),
-            "gpt-slow": upstream(model="gpt-4o-mini", timeout={"read": SLOW_READ_TIMEOUT}),
+            "gpt-slow": upstream(model="gpt-4o-mini", timeout={"read": 0.5}),
             "gpt-misconfigured": upstream(model="gpt-4o-mini", api_key="sk-wrong-upstream-key-9d8c7b6a5f4e"),
-            "gpt-unreachable": upstream(model="gpt-4o-mini", base_url=f"http://127.0.0.1:{_closed_port()}/v1"),
-            "mock-echo": {"aliases": ["mock"], "deployments": [{"provider": "mock", "options": {"chunks": 5}}]},
+            "gpt-unreachable": upstream(model="gpt-4o-mini", base_url=f"http://127.0.0.1:{refused_port}/v1"),
+            "mock-echo": {
+                "aliases": ["mock"],
+                "deployments": [{"provider": "mock", "options": {"chunks": 5}}],
+            },
             "mock-embedding": {"deployments": [{"provider": "mock", "options": {"embedding_dimensions": 8}}]},
         },
         "plugins": {
@@ -73,8 +67,16 @@ def fake(fake_upstream: FakeOpenAI) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="session")
-def gateway(fake_upstream: FakeOpenAI) -> Iterator[GatewayServer]:
-    with GatewayServer(gateway_config(fake_upstream)) as server:
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound (so nothing else takes it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_upstream: FakeOpenAI, refused_port: int) -> Iterator[GatewayServer]:
+    with GatewayServer(gateway_config(fake_upstream, refused_port)) as server:
         yield server
 
 
@@ -94,11 +96,7 @@ async def async_client(gateway: GatewayServer) -> AsyncIterator[openai.AsyncOpen
         yield sdk
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds passed; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
+@pytest.fixture
+def mock_only_key() -> str:
+    """A gateway key that may use only the ``mock-*`` models."""
+    return MOCK_ONLY_KEY

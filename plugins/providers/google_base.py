@@ -100,6 +100,18 @@ class GoogleGenerativeProvider(Provider):
             headers=forwarded_headers(response.headers),
         )
 
+    def count_tokens_payload(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``countTokens`` body: AI Studio takes the whole generate request (system and tools count)."""
+        return {"generateContentRequest": {"model": f"models/{model}", **request}}
+
+    async def count_tokens(self, call: ProviderCall) -> int:
+        request = dialect.encode_chat_request(call.body, drop_params=True)
+        request.pop("generationConfig", None)
+        payload = self.count_tokens_payload(call.upstream_model, request)
+        response = await self._post(self.model_url(call.upstream_model, "countTokens"), payload)
+        _, data = await read_json(response, self.name)
+        return int(data.get("totalTokens", 0)) if isinstance(data, dict) else 0
+
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:
         model = call.upstream_model
         payload = dialect.encode_embeddings_request(call.body, model=model)

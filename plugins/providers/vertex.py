@@ -96,6 +96,9 @@ class VertexGemini(GoogleGenerativeProvider):
     async def request_headers(self) -> Mapping[str, str]:
         return await self.place.headers()
 
+    def count_tokens_payload(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
+        return request  # Vertex takes contents, systemInstruction and tools at the top level
+
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:
         """Vertex's text-embedding ``predict`` method (``batchEmbedContents`` is AI Studio's)."""
         from gateway_core.pipeline import validate_embeddings
