@@ -1,0 +1,1 @@
+"""Persistent state: organizations, users, API keys, deployments and routing rules (Tortoise ORM)."""
