@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict
 
 from gateway_core.errors import ConfigError, GatewayError
+from gateway_core.http import ErrorDecoder, client_timeout, error_from_upstream, post
 from gateway_core.types import Dialect, RequestContext, Usage
 
 if TYPE_CHECKING:
@@ -112,6 +114,29 @@ class Provider:
         self.deployment = deployment
         self.options = options
         self.http = http
+        self.timeout = client_timeout(deployment.timeout)
+
+    async def send(
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        decode_error: ErrorDecoder = error_from_upstream,
+    ) -> aiohttp.ClientResponse:
+        """POST ``payload`` with this deployment's timeouts and proxy; error answers raise.
+
+        See :func:`gateway_core.http.post`: the caller owns the returned response.
+        """
+        return await post(
+            self.http,
+            url,
+            payload,
+            headers=headers,
+            timeouts=self.timeout,
+            proxy=self.deployment.proxy,
+            provider=self.name,
+            decode_error=decode_error,
+        )
 
     def api_key(self, *fallback_env: str, required: bool | None = None) -> str | None:
         """The deployment's ``api_key``, else the first set of :attr:`api_key_env` and ``fallback_env``.

@@ -8,6 +8,7 @@ encrypted with the gateway's secret key.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.models import Model
@@ -43,7 +44,7 @@ class Organization(Timestamped):
     parent: fields.ForeignKeyNullableRelation[Organization] = fields.ForeignKeyField(
         f"{APP}.Organization", related_name="children", null=True, on_delete=fields.RESTRICT
     )
-    metadata = fields.JSONField(default=dict)
+    metadata: fields.Field[dict[str, Any]] = fields.JSONField(default=dict)
     # Budget fields, enforced by the policy plugins.
     budget_limit = fields.DecimalField(max_digits=18, decimal_places=6, null=True)
     budget_period = fields.CharEnumField(BudgetPeriod, max_length=8, null=True)
@@ -88,9 +89,9 @@ class ApiKey(Timestamped):
     expires_at = fields.DatetimeField(null=True)
     revoked_at = fields.DatetimeField(null=True)
     #: Model names or globs the key may use; None means every model.
-    allowed_models = fields.JSONField(null=True)
-    scopes = fields.JSONField(default=list)
-    metadata = fields.JSONField(default=dict)
+    allowed_models: fields.Field[list[str] | None] = fields.JSONField(null=True)
+    scopes: fields.Field[list[str]] = fields.JSONField(default=list)
+    metadata: fields.Field[dict[str, Any]] = fields.JSONField(default=dict)
     # Limits and budget, enforced by the policy plugins.
     rpm_limit = fields.IntField(null=True)
     tpm_limit = fields.IntField(null=True)
@@ -115,7 +116,7 @@ class DeploymentRecord(Timestamped):
     api_key_encrypted = fields.TextField(null=True)
     weight = fields.FloatField(default=1.0)
     #: Everything else of a configuration deployment: options, timeout, headers, proxy, drop_params.
-    settings = fields.JSONField(default=dict)
+    settings: fields.Field[dict[str, Any]] = fields.JSONField(default=dict)
     enabled = fields.BooleanField(default=True)
 
     class Meta:

@@ -25,7 +25,7 @@ from gateway_core import (
 )
 from gateway_core.dialects import anthropic as dialect
 from gateway_core.errors import upstream_error
-from gateway_core.http import client_timeout, forwarded_headers, post, read_json
+from gateway_core.http import forwarded_headers, read_json
 from gateway_core.sse import ChunkStream, SSEParser, transport_error
 
 DEFAULT_VERSION = "2023-06-01"
@@ -144,7 +144,6 @@ class AnthropicMessagesProvider(Provider):
         super().__init__(deployment, options, http)
         assert isinstance(options, AnthropicOptions)
         self.default_max_tokens = options.default_max_tokens
-        self.timeout = client_timeout(deployment.timeout)
 
     def urls(self, model: str, stream: bool) -> tuple[str, str]:
         """The messages URL and the count-tokens URL for ``model``."""
@@ -167,16 +166,7 @@ class AnthropicMessagesProvider(Provider):
         return payload
 
     async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        return await post(
-            self.http,
-            url,
-            orjson.dumps(payload),
-            headers=await self.request_headers(),
-            timeouts=self.timeout,
-            proxy=self.deployment.proxy,
-            provider=self.name,
-            decode_error=_decode_error,
-        )
+        return await self.send(url, orjson.dumps(payload), await self.request_headers(), _decode_error)
 
     def native_payload(self, call: ProviderCall) -> dict[str, Any]:
         """The Anthropic client's own body, for this deployment's model."""

@@ -13,20 +13,17 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
-from pydantic import BaseModel
 
 from gateway_core import (
     ChatStream,
     CompletedResponse,
-    DeploymentConfig,
     GatewayError,
-    HttpClient,
     Provider,
     ProviderCall,
     Usage,
 )
 from gateway_core.dialects import gemini as dialect
-from gateway_core.http import client_timeout, forwarded_headers, post, read_json
+from gateway_core.http import forwarded_headers, read_json
 from gateway_core.sse import ChunkStream, SSEParser
 
 
@@ -58,10 +55,6 @@ class GoogleGenerativeProvider(Provider):
 
     supports_embeddings: ClassVar[bool] = True
 
-    def __init__(self, deployment: DeploymentConfig, options: BaseModel, http: HttpClient) -> None:
-        super().__init__(deployment, options, http)
-        self.timeout = client_timeout(deployment.timeout)
-
     def model_url(self, model: str, method: str) -> str:
         raise NotImplementedError
 
@@ -69,16 +62,7 @@ class GoogleGenerativeProvider(Provider):
         raise NotImplementedError
 
     async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        return await post(
-            self.http,
-            url,
-            orjson.dumps(payload),
-            headers=await self.request_headers(),
-            timeouts=self.timeout,
-            proxy=self.deployment.proxy,
-            provider=self.name,
-            decode_error=_decode_error,
-        )
+        return await self.send(url, orjson.dumps(payload), await self.request_headers(), _decode_error)
 
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         payload = dialect.encode_chat_request(call.body, drop_params=self.deployment.drop_params)

@@ -24,7 +24,7 @@ from gateway_core import (
     Usage,
 )
 from gateway_core.errors import upstream_error
-from gateway_core.http import client_timeout, forwarded_headers, post, read_json
+from gateway_core.http import forwarded_headers, read_json
 from gateway_core.sse import PassthroughStream
 
 
@@ -64,8 +64,6 @@ class OpenAIProvider(Provider):
         headers.update(self.extra_headers(options))
         headers.update(deployment.headers)
         self.headers = headers
-        self.timeout = client_timeout(deployment.timeout)
-        self.proxy = deployment.proxy
 
     def endpoints(self, deployment: DeploymentConfig, options: BaseModel) -> tuple[str, str]:
         """The chat completions and embeddings URLs of this deployment."""
@@ -79,15 +77,7 @@ class OpenAIProvider(Provider):
         return {}
 
     async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
-        return await post(
-            self.http,
-            url,
-            payload,
-            headers=self.headers,
-            timeouts=self.timeout,
-            proxy=self.proxy,
-            provider=self.name,
-        )
+        return await self.send(url, payload, self.headers)
 
     async def _read(self, response: aiohttp.ClientResponse) -> CompletedResponse:
         body, data = await read_json(response, self.name)
