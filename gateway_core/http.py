@@ -66,7 +66,7 @@ def client_timeout(config: TimeoutConfig) -> aiohttp.ClientTimeout:
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
-    upstream_id = headers.get("x-request-id")
+    upstream_id = headers.get("x-request-id") or headers.get("request-id")
     if upstream_id:
         out["x-upstream-request-id"] = upstream_id
     return out

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -239,6 +240,21 @@ class DisconnectWatch:
         return False
 
 
+@dataclass(slots=True)
+class Decoded:
+    """A client's request as the pipeline needs it."""
+
+    #: The canonical (OpenAI-shaped) body.
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    #: The client's bytes are a valid canonical body (same-dialect providers may forward them).
+    keep_raw: bool
+    #: Set when the request cannot be translated: only a provider speaking the client's dialect
+    #: natively may serve it (``body`` is then a skeleton); any other raises this error.
+    untranslatable: GatewayError | None = None
+
+
 class WireFormat:
     """How the model endpoints read requests and write answers for one client dialect.
 
@@ -248,13 +264,12 @@ class WireFormat:
 
     name: Dialect = "openai"
 
-    def decode(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], str, bool, bool]:
-        """Validate ``body``; return the canonical body, model, stream flag and whether the client's
-        bytes are still a valid canonical body (so same-dialect providers may forward them)."""
+    def decode(self, endpoint: Endpoint, body: dict[str, Any]) -> Decoded:
+        """Validate ``body`` (client mistakes raise 400) and bring it to the canonical form."""
         if endpoint == "chat":
             model, stream = validate_chat(body)
-            return body, model, stream, True
-        return body, validate_embeddings(body), False, True
+            return Decoded(body, model, stream, keep_raw=True)
+        return Decoded(body, validate_embeddings(body), False, keep_raw=True)
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.openai_body()
@@ -324,8 +339,9 @@ class ModelEndpoint:
             raw = await read_body(receive, headers, self.limit)
             body_read = True
             client_body = parse_json_object(raw)
-            body, ctx.model, ctx.stream, keep_raw = wire.decode(self.endpoint, client_body)
-            ctx.body = body
+            decoded = wire.decode(self.endpoint, client_body)
+            body = ctx.body = decoded.body
+            ctx.model, ctx.stream = decoded.model, decoded.stream
             group = await gateway.route(ctx, ctx.model)
             watch = DisconnectWatch(receive)
             settle = True
@@ -334,14 +350,16 @@ class ModelEndpoint:
             deployment = group.balancer.choose(ctx)
             ctx.deployment = deployment
             deployment.in_flight += 1
+            provider = deployment.provider
+            if decoded.untranslatable is not None and wire.name not in provider.native_dialects:
+                raise decoded.untranslatable
             call = ProviderCall(
                 ctx,
                 body,
-                raw if keep_raw else None,
+                raw if decoded.keep_raw else None,
                 deployment.upstream_model,
                 None if wire is OPENAI else client_body,
             )
-            provider = deployment.provider
             if self.endpoint == "chat":
                 result = await provider.chat(call)
             elif self.endpoint == "embeddings":

@@ -109,6 +109,9 @@ class Provider:
     #: Whether the deployment must have an API key (from config or :attr:`api_key_env`).
     requires_api_key: ClassVar[bool] = False
     supports_embeddings: ClassVar[bool] = False
+    #: Client dialects other than OpenAI's this provider forwards untranslated (it then answers in
+    #: that dialect when ``ProviderCall.client_body`` is set).
+    native_dialects: frozenset[str] = frozenset()
 
     def __init__(self, deployment: DeploymentConfig, options: BaseModel, http: HttpClient) -> None:
         self.deployment = deployment

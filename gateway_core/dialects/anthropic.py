@@ -69,6 +69,7 @@ __all__ = [
     "encode_chat_request",
     "encode_error",
     "encode_messages_response",
+    "messages_essentials",
     "openai_usage",
 ]
 
@@ -844,6 +845,40 @@ def _request_error(message: str, param: str | None = None) -> GatewayError:
 
 def _field_required(where: str) -> GatewayError:
     return _request_error(f"{where}: Field required", where)
+
+
+def messages_essentials(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Check what every ``/v1/messages`` request needs, whatever answers it; return the canonical
+    skeleton (model, max_tokens, stream) of a request that may go to an Anthropic upstream untranslated.
+
+    Fields only a translation cares about (unknown or untranslatable ones, such as ``thinking``) are
+    left to :func:`decode_messages_request` or, on a native pass-through, to the upstream.
+    """
+    model = body.get("model")
+    if model is None:
+        raise _field_required("model")
+    if not isinstance(model, str) or not model:
+        raise _request_error("model: Input should be a valid string", "model")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _field_required("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        raise _request_error("max_tokens: Input should be a valid non-negative integer", "max_tokens")
+    messages = body.get("messages")
+    if messages is None:
+        raise _field_required("messages")
+    if not isinstance(messages, list):
+        raise _request_error("messages: Input should be a valid list", "messages")
+    if not messages:
+        raise _request_error("messages: at least one message is required", "messages")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _request_error("stream: Input should be a valid boolean", "stream")
+    skeleton: dict[str, Any] = {"model": model, "messages": [], "max_tokens": max_tokens}
+    if stream:
+        skeleton["stream"] = True
+        skeleton["stream_options"] = {"include_usage": True}
+    return skeleton
 
 
 def decode_messages_request(body: Mapping[str, Any]) -> dict[str, Any]:

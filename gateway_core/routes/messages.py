@@ -15,7 +15,7 @@ import orjson
 
 from gateway_core.dialects import anthropic as dialect
 from gateway_core.errors import GatewayError
-from gateway_core.pipeline import WireFormat
+from gateway_core.pipeline import Decoded, WireFormat
 from gateway_core.providers import ChatStream, CompletedResponse
 from gateway_core.types import Endpoint, RequestContext
 
@@ -23,13 +23,19 @@ from gateway_core.types import Endpoint, RequestContext
 class AnthropicWire(WireFormat):
     name = "anthropic"
 
-    def decode(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], str, bool, bool]:
+    def decode(self, endpoint: Endpoint, body: dict[str, Any]) -> Decoded:
         if endpoint == "count_tokens":
             # count_tokens takes a Messages request without max_tokens or stream.
             body = {**body, "max_tokens": 1}
             body.pop("stream", None)
-        canonical = dialect.decode_messages_request(body)
-        return canonical, str(canonical["model"]), bool(canonical.get("stream")), False
+        skeleton = dialect.messages_essentials(body)
+        model, stream = str(skeleton["model"]), bool(skeleton.get("stream"))
+        try:
+            return Decoded(dialect.decode_messages_request(body), model, stream, keep_raw=False)
+        except GatewayError as error:
+            # Not translatable (e.g. extended thinking): an Anthropic-speaking deployment may still
+            # take it as it is; the pipeline raises this error for any other.
+            return Decoded(skeleton, model, stream, keep_raw=False, untranslatable=error)
 
     def error_body(self, error: GatewayError) -> bytes:
         return dialect.encode_error(error)

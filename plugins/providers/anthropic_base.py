@@ -30,7 +30,7 @@ from gateway_core.sse import ChunkStream, SSEParser, transport_error
 
 DEFAULT_VERSION = "2023-06-01"
 #: Messages fields the count-tokens endpoint does not take.
-_NOT_COUNTED = (
+NOT_COUNTED = (
     "max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata", "service_tier",
 )  # fmt: skip
 
@@ -139,6 +139,7 @@ class AnthropicMessagesProvider(Provider):
     """Chat through a Messages-API endpoint; subclasses set :meth:`urls` and :meth:`request_headers`."""
 
     Options: ClassVar[type[BaseModel]] = AnthropicOptions
+    native_dialects: frozenset[str] = frozenset({"anthropic"})
 
     def __init__(self, deployment: DeploymentConfig, options: BaseModel, http: HttpClient) -> None:
         super().__init__(deployment, options, http)
@@ -165,8 +166,15 @@ class AnthropicMessagesProvider(Provider):
             payload.pop("stream", None)
         return payload
 
-    async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        return await self.send(url, orjson.dumps(payload), await self.request_headers(), _decode_error)
+    async def _post(
+        self, url: str, payload: dict[str, Any], call: ProviderCall | None = None
+    ) -> aiohttp.ClientResponse:
+        headers = await self.request_headers()
+        if call is not None and (client_beta := call.ctx.headers.get("anthropic-beta")):
+            # On a pass-through the client's beta features travel with its body.
+            own = headers.get("anthropic-beta")
+            headers = {**headers, "anthropic-beta": f"{own},{client_beta}" if own else client_beta}
+        return await self.send(url, orjson.dumps(payload), headers, _decode_error)
 
     def native_payload(self, call: ProviderCall) -> dict[str, Any]:
         """The Anthropic client's own body, for this deployment's model."""
@@ -195,7 +203,7 @@ class AnthropicMessagesProvider(Provider):
     async def _forward(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         """Same dialect on both sides: forward the client's body, answer the upstream's bytes."""
         url, _ = self.urls(call.upstream_model, call.ctx.stream)
-        response = await self._post(url, self.native_payload(call))
+        response = await self._post(url, self.native_payload(call), call)
         headers = forwarded_headers(response.headers)
         if call.ctx.stream:
             return AnthropicPassthroughStream(response, self.name, headers)
@@ -209,8 +217,9 @@ class AnthropicMessagesProvider(Provider):
             payload = self.native_payload(call)
         else:
             payload = self.encode(call)
-        for field in _NOT_COUNTED:
+        for field in NOT_COUNTED:
             payload.pop(field, None)
-        response = await self._post(count_url, payload)
+        native = call.client_body is not None and call.ctx.dialect == "anthropic"
+        response = await self._post(count_url, payload, call if native else None)
         _, data = await read_json(response, self.name)
         return int(data.get("input_tokens", 0)) if isinstance(data, dict) else 0

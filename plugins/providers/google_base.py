@@ -86,7 +86,8 @@ class GoogleGenerativeProvider(Provider):
 
     def count_tokens_payload(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         """``countTokens`` body: AI Studio takes the whole generate request (system and tools count)."""
-        return {"generateContentRequest": {"model": f"models/{model}", **request}}
+        name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        return {"generateContentRequest": {"model": name, **request}}
 
     async def count_tokens(self, call: ProviderCall) -> int:
         request = dialect.encode_chat_request(call.body, drop_params=True)

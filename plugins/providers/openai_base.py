@@ -53,7 +53,11 @@ class OpenAIProvider(Provider):
         assert isinstance(options, OpenAIOptions)
         self.request_stream_usage = options.request_stream_usage
         self.chat_url, self.embeddings_url = self.endpoints(deployment, options)
-        key = self.api_key(required=deployment.base_url is None or self.requires_api_key)
+        if deployment.base_url is not None and not self.requires_api_key:
+            # A custom OpenAI-compatible server gets only its own key, never OPENAI_API_KEY.
+            key = deployment.api_key.get_secret_value() if deployment.api_key else None
+        else:
+            key = self.api_key(required=True)
         headers = {"Content-Type": "application/json"}
         if key:
             headers.update(self.auth_headers(key, options))

@@ -29,7 +29,7 @@ from gateway_core import (
     hookimpl,
 )
 from gateway_core.http import read_json
-from plugins.providers.anthropic_base import AnthropicMessagesProvider, AnthropicOptions
+from plugins.providers.anthropic_base import NOT_COUNTED, AnthropicMessagesProvider, AnthropicOptions
 from plugins.providers.google_auth import ServiceAccountTokens, parse_service_account
 from plugins.providers.google_base import GoogleGenerativeProvider
 
@@ -161,7 +161,7 @@ class VertexClaude(AnthropicMessagesProvider):
             payload = {**call.client_body, "model": call.upstream_model}
         else:
             payload = AnthropicMessagesProvider.encode(self, call)
-        for field in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"):
+        for field in NOT_COUNTED:
             payload.pop(field, None)
         _, url = self.urls(call.upstream_model, False)
         response = await self._post(url, payload)
@@ -189,6 +189,7 @@ class VertexProvider(Provider):
             if publisher == "anthropic"
             else VertexGemini(deployment, options, http)
         )
+        self.native_dialects = self.delegate.native_dialects
 
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         return await self.delegate.chat(call)
