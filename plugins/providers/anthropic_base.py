@@ -52,7 +52,7 @@ def wants_usage(body: Mapping[str, Any]) -> bool:
 
 
 def _decode_error(status: int, body: bytes, headers: Mapping[str, str], provider: str) -> GatewayError:
-    return dialect.decode_error(status, body, headers)
+    return dialect.decode_error(status, body, headers, provider=provider)
 
 
 async def translate_stream(

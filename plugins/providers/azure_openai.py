@@ -3,17 +3,21 @@
 The body format is OpenAI's, so requests are forwarded as bytes like the ``openai`` provider does.
 The deployment's ``model`` is the Azure deployment name. Azure starts streams with a chunk whose
 ``choices`` is empty (its prompt filter results); it is dropped, since OpenAI clients do not expect it.
+An ``api-version`` Azure does not serve is answered 502 (the operator's to fix), not Azure's 400.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
+import aiohttp
 from pydantic import BaseModel, Field
 
-from gateway_core import ConfigError, DeploymentConfig, Provider, hookimpl
+from gateway_core import ConfigError, DeploymentConfig, GatewayError, Provider, hookimpl
+from gateway_core.errors import error_payload_from, upstream_error
+from gateway_core.http import error_from_upstream
 from plugins.providers.openai_base import OpenAIOptions, OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -26,6 +30,19 @@ class AzureOptions(OpenAIOptions):
     )
     #: Send the key as ``Authorization: Bearer`` (a Microsoft Entra ID token) instead of ``api-key``.
     entra_token: bool = False
+
+
+def decode_error(status: int, body: bytes, headers: Mapping[str, str], provider: str) -> GatewayError:
+    """Azure's error answers; an ``api-version`` Azure does not serve is the deployment's fault (502),
+    not the client's, although Azure answers it with a 400."""
+    if status == 400:
+        message = str((error_payload_from(body) or {}).get("message") or "")
+        if "api version" in message.lower():
+            return upstream_error(
+                f"The upstream provider {provider!r} does not serve the deployment's api-version: {message}",
+                code="upstream_config_error",
+            )
+    return error_from_upstream(status, body, headers, provider)
 
 
 class AzureOpenAIProvider(OpenAIProvider):
@@ -54,6 +71,9 @@ class AzureOpenAIProvider(OpenAIProvider):
     def auth_headers(self, key: str, options: BaseModel) -> dict[str, str]:
         assert isinstance(options, AzureOptions)
         return {"Authorization": f"Bearer {key}"} if options.entra_token else {"api-key": key}
+
+    async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        return await self.send(url, payload, self.headers, decode_error)
 
 
 @hookimpl

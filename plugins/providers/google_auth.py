@@ -2,7 +2,8 @@
 
 A :class:`ServiceAccountTokens` signs a JWT with the account's private key, exchanges it at the
 account's ``token_uri`` for an access token, caches the token and refreshes it five minutes before it
-expires. Concurrent requests share one refresh. Tokens and keys never reach logs or errors.
+expires, or at once after an upstream refused it (:meth:`ServiceAccountTokens.forget`). Concurrent
+requests share one refresh. Tokens and keys never reach logs or errors.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class ServiceAccountTokens:
             self._refresh = asyncio.get_running_loop().create_task(self._fetch())
         # shield: one caller going away must not cancel the refresh the others wait for.
         return await asyncio.shield(self._refresh)
+
+    def forget(self, token: str) -> None:
+        """Drop ``token`` from the cache (the upstream refused it), so the next call fetches a new one."""
+        if token == self._token:
+            self._token, self._expires_at = None, 0.0
 
     def assertion(self, now: int) -> str:
         claims = {

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -22,13 +23,14 @@ from gateway_core import (
     CompletedResponse,
     ConfigError,
     DeploymentConfig,
+    GatewayError,
     HttpClient,
     Provider,
     ProviderCall,
     Usage,
     hookimpl,
 )
-from gateway_core.http import read_json
+from gateway_core.http import ErrorDecoder, error_from_upstream, read_json
 from plugins.providers.anthropic_base import NOT_COUNTED, AnthropicMessagesProvider, AnthropicOptions
 from plugins.providers.google_auth import ServiceAccountTokens, parse_service_account
 from plugins.providers.google_base import GoogleGenerativeProvider
@@ -82,6 +84,17 @@ class _VertexPlace:
         token = await self.tokens.token()
         return {"Content-Type": "application/json", "Authorization": f"Bearer {token}", **self.extra_headers}
 
+    def watch(self, headers: Mapping[str, str], decode_error: ErrorDecoder) -> ErrorDecoder:
+        """``decode_error``, also forgetting the request's token when Vertex refuses it (401): a token
+        revoked before its expiry is replaced on the next request instead of failing until then."""
+
+        def decode(status: int, body: bytes, answer: Mapping[str, str], provider: str) -> GatewayError:
+            if status == 401:
+                self.tokens.forget(headers.get("Authorization", "").removeprefix("Bearer "))
+            return decode_error(status, body, answer, provider)
+
+        return decode
+
 
 class VertexGemini(GoogleGenerativeProvider):
     name: ClassVar[str] = "vertex"
@@ -92,6 +105,15 @@ class VertexGemini(GoogleGenerativeProvider):
 
     def model_url(self, model: str, method: str) -> str:
         return f"{self.place.prefix}/google/models/{model}:{method}"
+
+    async def send(
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        decode_error: ErrorDecoder = error_from_upstream,
+    ) -> aiohttp.ClientResponse:
+        return await super().send(url, payload, headers, self.place.watch(headers, decode_error))
 
     async def request_headers(self) -> Mapping[str, str]:
         return await self.place.headers()
@@ -137,6 +159,15 @@ class VertexClaude(AnthropicMessagesProvider):
         claude_options = AnthropicOptions(default_max_tokens=options.default_max_tokens)
         super().__init__(deployment, claude_options, http)
         self.place = _VertexPlace(deployment, options, http)
+
+    async def send(
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        decode_error: ErrorDecoder = error_from_upstream,
+    ) -> aiohttp.ClientResponse:
+        return await super().send(url, payload, headers, self.place.watch(headers, decode_error))
 
     def urls(self, model: str, stream: bool) -> tuple[str, str]:
         base = f"{self.place.prefix}/anthropic/models"

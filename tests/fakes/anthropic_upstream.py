@@ -888,14 +888,15 @@ class FakeAnthropic:
                 await asyncio.sleep(behaviour.chunk_interval)
             if request.transport is None or request.transport.is_closing():
                 raise _ClientGone
+            if index == len(events) - 1 and behaviour.stream_error is None:
+                # Counted before the last event goes out: the client may be done once it has it.
+                with self._lock:
+                    self.completed_streams += 1
             try:
                 await response.write(event)
             except (ConnectionError, RuntimeError) as exc:
                 raise _ClientGone from exc
         await response.write_eof()
-        if behaviour.stream_error is None:
-            with self._lock:
-                self.completed_streams += 1
         return response
 
 

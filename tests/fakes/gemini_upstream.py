@@ -998,13 +998,15 @@ class FakeGemini:
                 await asyncio.sleep(behaviour.chunk_interval)
             if request.transport is None or request.transport.is_closing():
                 raise _ClientGone
+            if index == len(frames) - 1:
+                # Counted before the last frame goes out: the client may be done once it has it.
+                with self._lock:
+                    self.completed_streams += 1
             try:
                 await response.write(frame)
             except (ConnectionError, RuntimeError) as exc:
                 raise _ClientGone from exc
         await response.write_eof()
-        with self._lock:
-            self.completed_streams += 1
         return response
 
     # --- countTokens, embeddings, models -------------------------------------------------------------
