@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= conf/lockgate.yaml
 PORT   ?= 8080
 
-.PHONY: run test lint format bench check-config clean
+.PHONY: run test lint format bench check-config migration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,8 @@ var/dev-key: | $(STAMP)
 	@umask 077 && $(BIN)/lockgate keys generate --quiet > var/dev-key
 
 run: $(STAMP) var/dev-key
+	@mkdir -p var
+	@$(BIN)/lockgate db upgrade --config $(CONFIG)
 	@echo ""
 	@echo "  Lockgate on http://127.0.0.1:$(PORT) with $(CONFIG)"
 	@echo "  API key: $$(cat var/dev-key)"
@@ -47,6 +49,11 @@ bench: $(STAMP)
 
 check-config: $(STAMP)
 	$(BIN)/lockgate check-config --config $(CONFIG)
+
+# After changing gateway_core/store/models.py: write the SQLite and PostgreSQL migrations of the change.
+migration: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make migration NAME=what_changed" >&2; exit 2; }
+	$(BIN)/python -m gateway_core.store.migrate make $(NAME)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,10 +14,21 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway_core.errors import ConfigError
 
@@ -94,6 +105,114 @@ class LoggingConfig(_Strict):
     json_lines: bool = Field(False, alias="json")
 
 
+SQLITE_SCHEMES = ("sqlite",)
+POSTGRES_SCHEMES = ("postgres", "postgresql", "asyncpg")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class DatabaseConfig(_Strict):
+    """The SQL database: users, organizations, API keys, run-time deployments and routing rules."""
+
+    url: str = Field(
+        repr=False,
+        description="sqlite://PATH (relative to the config file's folder), sqlite://:memory: "
+        "or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+    )
+    pool_min: int = Field(1, ge=0, description="connections kept open (PostgreSQL)")
+    pool_max: int = Field(10, ge=1, description="most connections per worker (PostgreSQL)")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to open a connection (PostgreSQL)")
+    command_timeout: float = Field(30.0, gt=0, description="seconds a statement may take (PostgreSQL)")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in SQLITE_SCHEMES + POSTGRES_SCHEMES:
+            raise ValueError("must start with sqlite:// or postgres://")
+        if scheme in SQLITE_SCHEMES and not url.partition("://")[2].split("?", 1)[0]:
+            raise ValueError("names no SQLite file (sqlite://PATH or sqlite://:memory:)")
+        return url
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseConfig:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
+        return self
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgres``."""
+        return "sqlite" if self.url.partition("://")[0].lower() in SQLITE_SCHEMES else "postgres"
+
+    def resolved_url(self, base: Path) -> str:
+        """The URL with a relative SQLite path made absolute against ``base`` (the config file's folder)."""
+        if self.dialect != "sqlite":
+            return self.url
+        scheme, _, rest = self.url.partition("://")
+        path, sep, query = rest.partition("?")
+        if path == ":memory:" or path.startswith("/"):
+            return self.url
+        absolute = (base / os.path.expanduser(path)).resolve()
+        return f"{scheme}://{absolute}{sep}{query}"
+
+
+def _fernet_key(secret: SecretStr) -> SecretStr:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(secret.get_secret_value())
+    except (ValueError, TypeError):
+        raise ValueError(
+            "not a Fernet key (32 bytes, URL-safe base64); make one with: "
+            'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+        ) from None
+    return secret
+
+
+FernetKey = Annotated[SecretStr, AfterValidator(_fernet_key)]
+
+
+class SecretsConfig(_Strict):
+    """The key that encrypts secrets stored in the database (provider API keys of deployments)."""
+
+    key: FernetKey = Field(description="a Fernet key: 32 random bytes, URL-safe base64")
+    previous_keys: list[FernetKey] = Field(
+        default_factory=list, description="older keys still accepted for decryption (key rotation)"
+    )
+
+
+class RedisConfig(_Strict):
+    """Redis, shared by the replicas of a deployment (cross-replica events)."""
+
+    url: str = Field(repr=False, description="redis://[:PASSWORD@]HOST:PORT/DB or rediss://...")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class AdminConfig(_Strict):
+    """The admin API. ``jwt_secret`` is checked when the admin API starts, not here."""
+
+    jwt_secret: SecretStr | None = Field(None, description="signs the admin API's access and refresh tokens")
+    access_token_minutes: int = Field(15, gt=0)
+    refresh_token_days: int = Field(7, gt=0)
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
@@ -101,12 +220,27 @@ class GatewayConfig(_Strict):
     models: dict[str, ModelGroupConfig] = Field(default_factory=dict)
     #: ``name: {enabled: bool, ...plugin options}``; plugins not named here are enabled.
     plugins: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    #: The SQL database; without it, keys and models come from this file only.
+    database: DatabaseConfig | None = None
+    secrets: SecretsConfig | None = None
+    redis: RedisConfig | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     _source: str = PrivateAttr("<config>")
+    _base_dir: Path | None = PrivateAttr(None)
 
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths resolve against: the config file's, else the working directory."""
+        return self._base_dir or Path.cwd()
+
+    def database_url(self) -> str | None:
+        """The database URL, a relative SQLite path resolved against :attr:`base_dir`; None without one."""
+        return self.database.resolved_url(self.base_dir) if self.database is not None else None
 
     def disabled_plugins(self) -> set[str]:
         return {name for name, conf in self.plugins.items() if conf and conf.get("enabled") is False}
@@ -249,6 +383,7 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
     config._source = source
+    config._base_dir = base or Path.cwd()
     return config
 
 

@@ -5,25 +5,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway_core.balancing import Balancer
 from gateway_core.config import GatewayConfig
 from gateway_core.dlp import DlpFilter
 from gateway_core.errors import (
+    ConfigError,
     GatewayError,
     invalid_api_key,
     missing_api_key,
     model_not_allowed,
     model_not_found,
 )
+from gateway_core.events import DEPLOYMENTS_CHANNEL, Events
 from gateway_core.http import HttpClient
 from gateway_core.plugins import PluginHost
 from gateway_core.providers import Provider
 from gateway_core.registry import Registry
 from gateway_core.routes import ExtraRoute
-from gateway_core.routing import ModelGroup, build_model_groups
+from gateway_core.routing import (
+    Deployment,
+    ModelGroup,
+    RoutingRules,
+    build_deployment,
+    build_model_groups,
+    distinct_groups,
+    merge_model_groups,
+)
 from gateway_core.types import Principal, RequestContext
+
+if TYPE_CHECKING:
+    from gateway_core.store.database import Database
+    from gateway_core.store.secrets import SecretBox
 
 log = logging.getLogger("lockgate")
 
@@ -48,23 +62,56 @@ class Gateway:
         self.plugins.fill("lockgate_register_dlp_filters", self.dlp_filters)
         self.plugins.register_all("lockgate_register_routes", self.extra_routes.append)
         self.http = HttpClient(config.http)
-        #: Model groups by name and by alias.
+        #: Model groups by name and by alias: the configuration's, plus the database's once started.
+        #: Replaced whole (never changed in place) when deployments are reloaded.
         self.models: dict[str, ModelGroup] = build_model_groups(
             config, self.providers, self.balancers, self.http
         )
+        self._config_models = self.models
+        #: Routing rules from the database, tried when a name is neither a model nor an alias.
+        self.routing_rules = RoutingRules()
+        #: The SQL database (None without a ``database`` section).
+        self.database: Database | None = None
+        if config.database is not None:
+            from gateway_core.store.database import Database
+
+            self.database = Database.from_config(config)
+        #: Encrypts provider API keys stored in the database (None without ``secrets.key``).
+        self.secret_box: SecretBox | None = None
+        if config.secrets is not None:
+            from gateway_core.store.secrets import SecretBox
+
+            self.secret_box = SecretBox.from_config(config)
+        #: Broadcast notifications to every replica (Redis pub/sub with ``redis.url``, else in-process).
+        self.events = Events(config.redis.url if config.redis is not None else None)
+        if self.database is not None:
+            self.events.subscribe(DEPLOYMENTS_CHANNEL, self._deployments_changed)
+            # Deployments may have changed while the database or Redis was out of reach.
+            self.database.on_recover(self.reload_models)
+            self.events.on_reconnect(self.reload_models)
         #: Per-gateway state of plugins, keyed by plugin name.
         self.plugin_state: dict[str, Any] = {}
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
+        #: Deployments built from database records, by record id and last update (reused on reload).
+        self._record_deployments: dict[tuple[str, str], Deployment] = {}
 
     # --- life cycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the upstream pool, the database and the events bus, load the database's deployments,
+        then run the plugins' start-up hooks (which may use all of them)."""
         await self.http.start()
         try:
+            if self.database is not None:
+                await self.database.start()
+            await self.events.start()
+            if self.database is not None:
+                await self.reload_models()
             await self.plugins.call_all("lockgate_startup", gateway=self)
         except BaseException:
-            await self.http.close()
+            await self._close_resources()
             raise
         self.ready = True
         log.info(
@@ -72,14 +119,25 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        """Stop serving: finish background work (settlements, flushes), run shutdown hooks, close the pool."""
+        """Stop serving: finish background work (settlements, flushes), run shutdown hooks, then close
+        the events bus, the database and the upstream pool."""
         self.ready = False
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.config.server.graceful_timeout or None)
         try:
             await self.plugins.call_each("lockgate_shutdown", gateway=self)
         finally:
-            await self.http.close()
+            await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        try:
+            await self.events.stop()
+        finally:
+            try:
+                if self.database is not None:
+                    await self.database.stop()
+            finally:
+                await self.http.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run background work that must finish even if the request is gone; shutdown awaits it."""
@@ -115,14 +173,117 @@ class Gateway:
     async def settle(self, ctx: RequestContext) -> None:
         await self.plugins.call_each("lockgate_policy_settle", ctx=ctx)
 
+    # --- deployments managed in the database -------------------------------------------------------
+
+    async def reload_models(self) -> bool:
+        """Merge the database's enabled deployments and routing rules with the configuration's models.
+
+        Builds a new model table and swaps it whole, so requests in flight keep the groups they
+        routed to. A record that cannot be served is logged (id and reason) and skipped. Returns False,
+        keeping the current table, when the database cannot be read.
+        """
+        database = self.database
+        if database is None:
+            return False
+        from gateway_core.store.database import DatabaseUnavailable
+        from gateway_core.store.deployments import enabled_deployments, enabled_routing_rules
+
+        async with self._reload_lock:
+            try:
+                records = await database.run(enabled_deployments())
+                rules = await database.run(enabled_routing_rules())
+            except DatabaseUnavailable as exc:
+                log.warning("deployments not reloaded, the current ones stay in use: %s", exc)
+                return False
+            self.models, self.routing_rules = self._merge_records(records, rules)
+        extra = sum(1 for group in self.groups() for d in group.deployments if d.id.startswith("db:"))
+        log.info(
+            "models loaded: %d model(s), %d deployment(s) and %d routing rule(s) from the database",
+            len(self.groups()),
+            extra,
+            len(self.routing_rules),
+        )
+        return True
+
+    def _merge_records(
+        self, records: Iterable[Any], rules: Iterable[Any]
+    ) -> tuple[dict[str, ModelGroup], RoutingRules]:
+        from pydantic import ValidationError
+
+        from gateway_core.store.deployments import InvalidRecord, deployment_config
+
+        additions: dict[str, list[Deployment]] = {}
+        built: dict[tuple[str, str], Deployment] = {}
+        for record in records:
+            key = (str(record.id), str(record.updated_at))
+            model_name = record.model_name.strip()
+            target = self._config_models.get(model_name)  # a configured name or alias joins that group
+            group_name = target.name if target is not None else model_name
+            deployment = self._record_deployments.get(key)
+            if deployment is None:
+                try:
+                    dep_config = deployment_config(record, self.secret_box)
+                    deployment = build_deployment(
+                        dep_config, group_name, str(dep_config.id), self.providers, self.http
+                    )
+                except (InvalidRecord, ConfigError) as exc:
+                    log.error("deployment record %s skipped: %s", record.id, exc)
+                    continue
+                except ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+                    )
+                    log.error("deployment record %s skipped: invalid options: %s", record.id, problems)
+                    continue
+                except Exception as exc:
+                    log.error("deployment record %s skipped: %s: %s", record.id, type(exc).__name__, exc)
+                    continue
+            additions.setdefault(group_name, []).append(deployment)
+            built[key] = deployment
+        self._record_deployments = built
+        table = merge_model_groups(self._config_models, additions, self.balancers)
+        compiled: list[tuple[str, ModelGroup]] = []
+        for rule in rules:
+            pattern, target_name = rule.pattern.strip(), rule.target.strip()
+            group = table.get(target_name)
+            if not pattern:
+                log.error("routing rule %s skipped: the pattern is empty", rule.id)
+            elif group is None:
+                log.error("routing rule %s skipped: no model or alias is named %r", rule.id, target_name)
+            else:
+                compiled.append((pattern, group))
+        return table, RoutingRules(compiled)
+
+    def _deployments_changed(self, message: dict[str, Any]) -> Coroutine[Any, Any, bool]:
+        return self.reload_models()
+
     # --- views ----------------------------------------------------------------------------------------
 
     def groups(self) -> list[ModelGroup]:
-        """Distinct model groups in configuration order."""
-        seen: dict[int, ModelGroup] = {}
-        for group in self.models.values():
-            seen.setdefault(id(group), group)
-        return list(seen.values())
+        """Distinct model groups in configuration order (then those only the database has)."""
+        return distinct_groups(self.models)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether to take traffic, and the state behind it (``GET /ready``).
+
+        An unreachable database or Redis does not make the gateway unready: it keeps serving from the
+        configuration and its caches. They show as ``"status": "degraded"``.
+        """
+        is_ready = self.ready and bool(self.models)
+        body: dict[str, Any] = {
+            "status": "ready" if is_ready else "starting" if not self.ready else "no models",
+            "models": len(self.groups()),
+        }
+        degraded = False
+        if self.database is not None:
+            body["database"] = "ok" if self.database.healthy else "unavailable"
+            degraded = not self.database.healthy
+        if self.events.mode == "redis":
+            body["events"] = "ok" if self.events.connected else "unavailable"
+            degraded = degraded or not self.events.connected
+        if is_ready and degraded:
+            body["status"] = "degraded"
+        return is_ready, body
 
 
 __all__ = ["Gateway", "GatewayError"]

@@ -16,13 +16,9 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: start-up finished and at least one model can be served."""
+    """Readiness: start-up finished and at least one model can be served (see ``Gateway.readiness``)."""
     gateway: Gateway = request.app.state.gateway
-    is_ready = gateway.ready and bool(gateway.models)
-    body = {
-        "status": "ready" if is_ready else "starting" if not gateway.ready else "no models",
-        "models": len(gateway.groups()),
-    }
+    is_ready, body = gateway.readiness()
     return Response(orjson.dumps(body), status_code=200 if is_ready else 503, media_type="application/json")
 
 
