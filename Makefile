@@ -32,6 +32,10 @@ run: $(STAMP) var/dev-key
 	@echo ""
 	$(BIN)/lockgate serve --config $(CONFIG) --port $(PORT)
 
+# The distributed-mode tests use these services for real; an unreachable one fails the run.
+export LOCKGATE_TEST_POSTGRES_DSN ?= postgres://postgres@127.0.0.1:5432/test
+export LOCKGATE_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
