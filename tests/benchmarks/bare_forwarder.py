@@ -58,7 +58,9 @@ def create_app(upstream: str) -> Starlette:
         upstream_response.release()
         return Response(data, status_code=upstream_response.status, media_type=content_type)
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])], lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])], lifespan=lifespan
+    )
 
 
 def hypercorn_config(host: str, port: int) -> HypercornConfig:
@@ -79,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="base URL of the upstream, e.g. http://127.0.0.1:9000/v1")
+    parser.add_argument(
+        "--upstream", required=True, help="base URL of the upstream, e.g. http://127.0.0.1:9000/v1"
+    )
     args = parser.parse_args()
     app = create_app(args.upstream)
     hc = hypercorn_config(args.host, args.port)

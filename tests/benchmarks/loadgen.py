@@ -73,6 +73,8 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[int] | None = None
         self.first_body: float = 0.0
         self.closed = False
+        #: The server said ``Connection: close`` (hypercorn does after 1000 requests by default).
+        self.must_close = False
         self._reset()
 
     def _reset(self) -> None:
@@ -83,8 +85,7 @@ class _Connection(asyncio.Protocol):
         self.first_body = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -109,6 +110,8 @@ class _Connection(asyncio.Protocol):
         except HttpError as exc:
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_exception(exc)
+            if self.transport is not None:
+                self.transport.close()
             return
         if done and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.status)
@@ -132,6 +135,8 @@ class _Connection(asyncio.Protocol):
                 self.length = -1
             else:
                 raise HttpError("an answer with neither Content-Length nor chunked encoding")
+            if b"\r\nconnection: close" in head:
+                self.must_close = True
             self.head_end = end + 4
             self.chunk_at = self.head_end
         if self.length >= 0:
@@ -160,7 +165,9 @@ class _Connection(asyncio.Protocol):
                 return True
 
 
-def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+def build_request(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> bytes:
     """The bytes of one ``POST`` with a JSON body."""
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -181,9 +188,14 @@ async def run_load(
     loop = asyncio.get_running_loop()
     result = LoadResult(concurrency)
     connections: list[_Connection] = []
-    for _ in range(concurrency):
+
+    async def connect() -> _Connection:
         _, protocol = await loop.create_connection(_Connection, host, port)
         connections.append(protocol)
+        return protocol
+
+    for _ in range(concurrency):
+        await connect()
     issued = 0
     deadline = 0.0
     latencies = result.latencies
@@ -194,13 +206,24 @@ async def run_load(
         nonlocal issued
         perf_counter = time.perf_counter
         while issued < max_requests and perf_counter() < deadline:
+            if connection.must_close or connection.closed:
+                # Reconnecting counts in the run's time (so in requests/s), not in a request's latency.
+                if connection.transport is not None:
+                    connection.transport.close()
+                try:
+                    connection = await connect()
+                except OSError:
+                    result.errors += 1
+                    return
             issued += 1
             started = perf_counter()
             try:
                 status = await connection.request(payload)
             except HttpError:
                 result.errors += 1
-                return
+                if result.errors > max(10, concurrency):
+                    return
+                continue
             ended = perf_counter()
             statuses[status] = statuses.get(status, 0) + 1
             if status != 200:
