@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Iterable
 
 from starlette.applications import Starlette
@@ -10,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway_core.config import GatewayConfig
 from gateway_core.errors import ConfigError, GatewayError
@@ -49,7 +50,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: GatewayConfig | Gateway, *, extra_plugins: Iterable[tuple[str, object]] = ()
+    config: GatewayConfig | Gateway,
+    *,
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    freeze_gc: bool = False,
 ) -> Starlette:
     """Build the ASGI application for one worker from a configuration (or a ready ``Gateway``)."""
     gateway = config if isinstance(config, Gateway) else Gateway(config, extra_plugins=extra_plugins)
@@ -58,18 +62,23 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not gateway.ready:  # ``serve`` starts it before binding, so start-up errors read plainly
             await gateway.start()
+            if freeze_gc:  # a server worker: start-up objects live as long as the process
+                gc.freeze()
         try:
             yield
         finally:
             await gateway.stop()
 
+    # The model endpoints answer every method themselves (405 in the client's dialect) and put the
+    # request id on their responses, so the middleware need not wrap them.
+    model_endpoints = {
+        "/v1/chat/completions": ModelEndpoint(gateway, "chat"),
+        "/v1/embeddings": ModelEndpoint(gateway, "embeddings"),
+        "/v1/messages": ModelEndpoint(gateway, "chat", ANTHROPIC),
+        "/v1/messages/count_tokens": ModelEndpoint(gateway, "count_tokens", ANTHROPIC),
+    }
     routes = [
-        Route("/v1/chat/completions", ModelEndpoint(gateway, "chat"), methods=["POST"]),
-        Route("/v1/embeddings", ModelEndpoint(gateway, "embeddings"), methods=["POST"]),
-        Route("/v1/messages", ModelEndpoint(gateway, "chat", ANTHROPIC), methods=["POST"]),
-        Route(
-            "/v1/messages/count_tokens", ModelEndpoint(gateway, "count_tokens", ANTHROPIC), methods=["POST"]
-        ),
+        *(Route(path, endpoint) for path, endpoint in model_endpoints.items()),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
         Route("/health", meta.health, methods=["GET"]),
@@ -81,9 +90,11 @@ def create_app(
         if extra.path in taken:
             raise ConfigError(f"a plugin route shadows the core route {extra.path}")
         routes.append(Route(extra.path, extra.endpoint, methods=list(extra.methods), name=extra.name))
+    from gateway_core.admin import create_admin_app  # the admin API: its own routes, off the /v1 path
+
     app = Starlette(
-        routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        routes=[*routes, Mount("/admin", app=create_admin_app(gateway))],
+        middleware=[Middleware(RequestIdMiddleware, self_tagging=frozenset(model_endpoints))],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -16,7 +16,7 @@ from gateway_core.errors import GatewayError, error_payload_from, upstream_error
 log = logging.getLogger("lockgate.http")
 
 #: Upstream response headers passed on to the client.
-FORWARDED_HEADERS = ("retry-after", "retry-after-ms", "openai-processing-ms")
+FORWARDED_HEADERS = ("retry-after", "retry-after-ms")
 
 
 class HttpClient:

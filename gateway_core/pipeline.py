@@ -213,24 +213,32 @@ def validate_embeddings(body: dict[str, Any]) -> str:
 
 
 class DisconnectWatch:
-    """Cancels the request's task when the client disconnects, once the body has been read."""
+    """Cancels the request's task when the client disconnects, once the body has been read.
 
-    __slots__ = ("_task", "_watcher", "disconnected")
+    After :meth:`stop` a disconnect no longer cancels anything. The watcher task then ends by itself:
+    once the response is complete, ``receive()`` answers ``http.disconnect`` (ASGI spec), so it is not
+    cancelled (cheaper, and nothing can race a late cancel into a finished request).
+    """
+
+    __slots__ = ("_task", "_watcher", "disconnected", "stopped")
 
     def __init__(self, receive: Receive) -> None:
         self.disconnected = False
+        self.stopped = False
         self._task = asyncio.current_task()
         self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        if self.stopped:
+            return
         self.disconnected = True
         if self._task is not None:
             self._task.cancel()
 
     def stop(self) -> None:
-        self._watcher.cancel()
+        self.stopped = True
 
     def absorb(self) -> bool:
         """After a CancelledError: True (and the cancel undone) when the client's leaving caused it."""
@@ -287,9 +295,13 @@ class WireFormat:
 OPENAI = WireFormat()
 
 
-async def send_error(send: Send, error: GatewayError, wire: WireFormat = OPENAI) -> None:
+async def send_error(
+    send: Send, error: GatewayError, wire: WireFormat = OPENAI, request_id: bytes | None = None
+) -> None:
     body = wire.error_body(error)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -327,10 +339,16 @@ class ModelEndpoint:
         self.limit = gateway.config.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request id middleware leaves these responses to the endpoint, which adds the header itself.
+        request_id: str = scope.get(REQUEST_ID_KEY, "")
+        id_header = (b"x-request-id", request_id.encode())
+        if scope["method"] != "POST":
+            await self._method_not_allowed(scope, send, id_header[1])
+            return
         gateway = self.gateway
         headers = Headers(scope=scope)
         wire = self.wire
-        ctx = RequestContext(gateway, scope.get(REQUEST_ID_KEY, ""), self.endpoint, wire.name, headers)
+        ctx = RequestContext(gateway, request_id, self.endpoint, wire.name, headers)
         watch: DisconnectWatch | None = None
         settle = False
         body_read = False
@@ -374,16 +392,17 @@ class ModelEndpoint:
                     *_JSON_HEADERS,
                     (b"content-length", str(len(answer)).encode()),
                     (b"x-lockgate-deployment", deployment.header_value),
+                    id_header,
                 ]
                 response_headers += [(k.encode(), v.encode()) for k, v in result.headers.items()]
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
                 await send({"type": "http.response.body", "body": answer})
             else:
-                await self._relay(ctx, result, send, settle)
+                await self._relay(ctx, result, send, settle, id_header)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
             if body_read or await self._drain(receive, headers):
-                await send_error(send, error, wire)
+                await send_error(send, error, wire, id_header[1])
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:
@@ -397,7 +416,7 @@ class ModelEndpoint:
             )
             _finish(ctx, 500, internal, None, settle)
             if ctx.first_byte is None:
-                await send_error(send, internal, wire)
+                await send_error(send, internal, wire, id_header[1])
         finally:
             if watch is not None:
                 watch.stop()
@@ -410,8 +429,24 @@ class ModelEndpoint:
             return True  # far too large to read: answer now and let the connection close
         return await discard_body(receive, bound)
 
-    async def _relay(self, ctx: RequestContext, stream: ChatStream, send: Send, settle: bool) -> None:
-        headers = list(_STREAM_HEADERS)
+    async def _method_not_allowed(self, scope: Scope, send: Send, request_id: bytes) -> None:
+        error = GatewayError(
+            405,
+            f"Method {scope['method']} is not allowed for {scope['path']}.",
+            code="method_not_allowed",
+            headers={"Allow": "POST"},
+        )
+        await send_error(send, error, self.wire, request_id)
+
+    async def _relay(
+        self,
+        ctx: RequestContext,
+        stream: ChatStream,
+        send: Send,
+        settle: bool,
+        id_header: tuple[bytes, bytes],
+    ) -> None:
+        headers = [*_STREAM_HEADERS, id_header]
         if ctx.deployment is not None:
             headers.append((b"x-lockgate-deployment", ctx.deployment.header_value))
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]

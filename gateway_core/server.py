@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hc.worker_class = "uvloop" if _has_uvloop() else "asyncio"
     # The gateway enforces its own body limit with an OpenAI-shaped 413.
     hc.h11_max_incomplete_size = 64 * 1024
+    # SDK clients keep their connections for long; hypercorn's default closes them every 1,000 requests.
+    hc.keep_alive_max_requests = 100_000
     return hc
 
 
@@ -52,7 +55,7 @@ def app_from_env() -> Any:
 
     config = load_config(config_path())
     configure_logging(config.logging)
-    return create_app(config)
+    return create_app(config, freeze_gc=True)
 
 
 def serve(config: GatewayConfig, path: str) -> None:
@@ -70,7 +73,7 @@ def serve(config: GatewayConfig, path: str) -> None:
 
     from gateway_core.app import create_app
 
-    app = create_app(config)
+    app = create_app(config, freeze_gc=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -79,6 +82,7 @@ def serve(config: GatewayConfig, path: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         # Start-up hooks run before the port is bound: a plugin's ConfigError ends here, as itself.
         await app.state.gateway.start()
+        gc.freeze()  # start-up objects live as long as the process: keep them out of every collection
         await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     if hc.worker_class == "uvloop":

@@ -1,0 +1,378 @@
+"""Request and response bodies of the admin API; they also give the OpenAPI document its schemas.
+
+Request bodies refuse unknown fields, so a misspelt field is a 400 instead of being ignored. In the
+``*Update`` bodies every field is optional: a field left out keeps its value, ``null`` clears it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from gateway_core.store.models import BudgetPeriod, Role
+
+#: Largest value of the database's integer columns (32-bit signed).
+INT_MAX = 2**31 - 1
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Email = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=320, pattern=r"^\s*[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\s*$"),
+    Field(json_schema_extra={"format": "email"}),
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
+#: An amount of money, stored with 6 decimals (up to 12 digits before the point).
+Money = Annotated[float, Field(ge=0, lt=1e12, allow_inf_nan=False)]
+
+
+def to_decimal(amount: float | None) -> Decimal | None:
+    """An amount as the database stores it (6 decimals)."""
+    return None if amount is None else Decimal(repr(amount)).quantize(Decimal("0.000001"))
+
+
+Metadata = Annotated[dict[str, Any], Field(description="free-form JSON object")]
+
+T = TypeVar("T")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- errors and lists -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error, OpenAI-shaped like the rest of the gateway."""
+
+    error: ErrorDetail
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing, oldest first."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    total: int = Field(description="items matching the filters, over all pages")
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class PageQuery(_Body):
+    limit: int = Field(50, ge=1, le=200, description="items per page")
+    offset: int = Field(0, ge=0, le=INT_MAX, description="items to skip")
+
+
+# --- auth ---------------------------------------------------------------------------------------------
+
+
+class LoginRequest(_Body):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class RefreshRequest(_Body):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class TokenPair(BaseModel):
+    access_token: str = Field(description="send as `Authorization: Bearer <access_token>`")
+    refresh_token: str = Field(description="exchange once at /admin/api/auth/refresh for a new pair")
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 (not a secret)
+    expires_in: int = Field(description="seconds until the access token expires")
+    refresh_expires_in: int = Field(description="seconds until the refresh token expires")
+
+
+# --- organizations ---------------------------------------------------------------------------------
+
+
+class OrganizationCreate(_Body):
+    name: Name
+    parent_id: uuid.UUID | None = Field(None, description="the parent organization; none for a top-level one")
+    metadata: Metadata = Field(default_factory=dict)
+    budget_limit: Money | None = None
+    budget_period: BudgetPeriod | None = None
+
+
+class OrganizationUpdate(_Body):
+    name: Name | None = None
+    parent_id: uuid.UUID | None = Field(None, description="moving under a descendant of itself is refused")
+    metadata: Metadata | None = None
+    budget_limit: Money | None = None
+    budget_period: BudgetPeriod | None = None
+
+
+class Organization(_Out):
+    id: uuid.UUID
+    name: str
+    parent_id: uuid.UUID | None
+    metadata: dict[str, Any]
+    budget_limit: float | None
+    budget_period: BudgetPeriod | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrganizationList(Page[Organization]):
+    pass
+
+
+class OrganizationQuery(PageQuery):
+    parent_id: uuid.UUID | None = Field(None, description="only the direct children of this organization")
+    name: Annotated[str, StringConstraints(max_length=200)] | None = Field(None, description="exact name")
+
+
+# --- users ------------------------------------------------------------------------------------------------
+
+
+class UserCreate(_Body):
+    email: Email
+    password: Password | None = Field(
+        None, description="stored as an argon2 hash; without one the user cannot log in"
+    )
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    role: Role = Role.READ
+    org_id: uuid.UUID | None = Field(
+        None, description="the user acts within this organization and its descendants; none = everywhere"
+    )
+    is_active: bool = True
+
+
+class UserUpdate(_Body):
+    email: Email | None = None
+    password: Password | None = Field(None, description="a new password (write-only)")
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    role: Role | None = None
+    org_id: uuid.UUID | None = None
+    is_active: bool | None = None
+
+
+class User(_Out):
+    id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+    org_id: uuid.UUID | None
+    is_active: bool
+    has_password: bool
+    last_login_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserList(Page[User]):
+    pass
+
+
+class UserQuery(PageQuery):
+    org_id: uuid.UUID | None = None
+    role: Role | None = None
+    is_active: bool | None = None
+    email: Annotated[str, StringConstraints(max_length=320)] | None = Field(None, description="exact address")
+
+
+# --- API keys --------------------------------------------------------------------------------------------
+
+
+class _KeySettings(_Body):
+    models: list[ModelName] | None = Field(
+        None, max_length=1000, description="model names or globs the key may use; null = every model"
+    )
+    expires_at: datetime | None = Field(None, description="UTC unless a zone is given; null = never")
+    metadata: Metadata | None = None
+    rpm_limit: Count | None = Field(None, description="requests per minute")
+    tpm_limit: Count | None = Field(None, description="tokens per minute")
+    max_parallel: Count | None = Field(None, description="requests in flight at once")
+    budget_limit: Money | None = None
+    budget_period: BudgetPeriod | None = None
+
+
+class KeyCreate(_KeySettings):
+    name: Name
+    user_id: uuid.UUID | None = Field(None, description="the user who owns the key")
+    org_id: uuid.UUID | None = Field(
+        None, description="the organization that owns the key; defaults to the owner's or your own"
+    )
+    scopes: list[Annotated[str, StringConstraints(max_length=100)]] = Field(
+        default_factory=list, max_length=100
+    )
+
+
+class KeyUpdate(_KeySettings):
+    name: Name | None = None
+
+
+class Key(_Out):
+    id: uuid.UUID
+    name: str
+    prefix: str = Field(description="the first characters of the key, to tell keys apart")
+    status: Literal["active", "expired", "revoked"]
+    user_id: uuid.UUID | None
+    org_id: uuid.UUID | None
+    models: list[str] | None
+    scopes: list[str]
+    metadata: dict[str, Any]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_parallel: int | None
+    budget_limit: float | None
+    budget_period: BudgetPeriod | None
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreatedKey(Key):
+    secret: str = Field(description="the API key itself: shown in this response only, never again")
+
+
+class KeyList(Page[Key]):
+    pass
+
+
+class KeyQuery(PageQuery):
+    user_id: uuid.UUID | None = None
+    org_id: uuid.UUID | None = None
+    status: Literal["active", "expired", "revoked"] | None = None
+    name: Annotated[str, StringConstraints(max_length=200)] | None = Field(None, description="exact name")
+
+
+# --- deployments ------------------------------------------------------------------------------------------
+
+
+class Timeouts(_Body):
+    connect: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False)
+    read: float = Field(300.0, gt=0, le=86400, allow_inf_nan=False)
+    total: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
+
+
+_URL = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+_Headers = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=200)],
+        Annotated[str, StringConstraints(max_length=8192)],
+    ],
+    Field(max_length=100),
+]
+
+
+class DeploymentCreate(_Body):
+    model_name: ModelName = Field(description="the model name clients ask for (a new or a configured one)")
+    provider: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    upstream_model: ModelName | None = Field(
+        None, description="model name at the upstream; defaults to model_name"
+    )
+    base_url: _URL | None = None
+    api_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = Field(
+        None, description="the upstream API key: write-only, stored encrypted, never returned"
+    )
+    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False)
+    options: Metadata = Field(default_factory=dict, description="the provider's own options")
+    timeout: Timeouts = Field(default_factory=Timeouts)
+    headers: _Headers = Field(default_factory=dict)
+    proxy: _URL | None = None
+    drop_params: bool = False
+    enabled: bool = True
+
+
+class DeploymentUpdate(_Body):
+    model_name: ModelName | None = None
+    provider: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None
+    ) = None
+    upstream_model: ModelName | None = None
+    base_url: _URL | None = None
+    api_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = Field(
+        None, description="a new upstream API key (write-only); null removes it"
+    )
+    weight: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    options: Metadata | None = None
+    timeout: Timeouts | None = None
+    headers: _Headers | None = None
+    proxy: _URL | None = None
+    drop_params: bool | None = None
+    enabled: bool | None = None
+
+
+class Deployment(_Out):
+    id: uuid.UUID
+    model_name: str
+    provider: str
+    upstream_model: str | None
+    base_url: str | None
+    has_api_key: bool = Field(description="whether an upstream API key is stored (it is never returned)")
+    weight: float
+    options: dict[str, Any]
+    timeout: Timeouts
+    headers: dict[str, str]
+    proxy: str | None
+    drop_params: bool
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentList(Page[Deployment]):
+    pass
+
+
+class DeploymentQuery(PageQuery):
+    model_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    provider: Annotated[str, StringConstraints(max_length=100)] | None = None
+    enabled: bool | None = None
+
+
+# --- routing rules ----------------------------------------------------------------------------------------
+
+
+class RoutingRuleCreate(_Body):
+    pattern: ModelName = Field(description="a model name or glob (`gpt-4*`) clients ask for")
+    target: ModelName = Field(description="the model group that serves matching requests; must exist")
+    priority: int = Field(100, ge=-INT_MAX, le=INT_MAX, description="lower runs first")
+    enabled: bool = True
+
+
+class RoutingRuleUpdate(_Body):
+    pattern: ModelName | None = None
+    target: ModelName | None = None
+    priority: int | None = Field(None, ge=-INT_MAX, le=INT_MAX)
+    enabled: bool | None = None
+
+
+class RoutingRule(_Out):
+    id: uuid.UUID
+    pattern: str
+    target: str
+    priority: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class RoutingRuleList(Page[RoutingRule]):
+    pass
+
+
+class RoutingRuleQuery(PageQuery):
+    target: Annotated[str, StringConstraints(max_length=200)] | None = None
+    enabled: bool | None = None
