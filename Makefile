@@ -20,7 +20,12 @@ var/dev-key: | $(STAMP)
 	@mkdir -p var
 	@umask 077 && $(BIN)/lockgate keys generate --quiet > var/dev-key
 
-run: $(STAMP) var/dev-key
+# Signs the admin API's tokens in the embedded setup.
+var/jwt-secret: | $(STAMP)
+	@mkdir -p var
+	@umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(48))" > var/jwt-secret
+
+run: $(STAMP) var/dev-key var/jwt-secret
 	@mkdir -p var
 	@$(BIN)/lockgate db upgrade --config $(CONFIG)
 	@echo ""
@@ -29,6 +34,7 @@ run: $(STAMP) var/dev-key
 	@echo "  Try:     curl http://127.0.0.1:$(PORT)/v1/chat/completions \\"
 	@echo "             -H \"Authorization: Bearer $$(cat var/dev-key)\" -H 'Content-Type: application/json' \\"
 	@echo "             -d '{\"model\": \"mock\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+	@echo "  Admin:   http://127.0.0.1:$(PORT)/admin/docs (first admin: $(BIN)/lockgate users create-admin --email you@example.com)"
 	@echo ""
 	$(BIN)/lockgate serve --config $(CONFIG) --port $(PORT)
 

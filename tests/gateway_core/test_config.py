@@ -178,6 +178,7 @@ def test_shipped_configuration_is_valid(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "conf").mkdir()
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "dev-key").write_text("lg-test-dev-key-for-config-check\n")
+    (tmp_path / "var" / "jwt-secret").write_text("a-test-secret-that-is-long-enough-for-the-check\n")
     shipped = tmp_path / "conf" / "lockgate.yaml"
     shipped.write_text((root / "conf" / "lockgate.yaml").read_text())
     config = load_config(shipped)
