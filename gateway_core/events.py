@@ -60,6 +60,7 @@ class Events:
         self._subscribers: dict[str, list[Callback]] = {}
         self._reconnect_callbacks: list[Callable[[], Any]] = []
         self._client: Any = None
+        self._subscribed: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connected: asyncio.Event | None = None  # made in start(), in the gateway's loop
@@ -92,6 +93,20 @@ class Events:
                 callbacks.remove(callback)
 
         return unsubscribe
+
+    async def wait_subscribed(self, within: float = 2.0) -> None:
+        """Wait (bounded) until the Redis listener follows every channel subscribed so far.
+
+        The gateway calls it after the plugins' start-up, so a message published right after a
+        replica reports ready (a key revocation, say) is not missed. No-op in-process or while Redis
+        is unreachable.
+        """
+        if self._client is None or not self.connected:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while set(self._subscribers) - self._subscribed and loop.time() < deadline:  # noqa: ASYNC110 - the listener task updates the set
+            await asyncio.sleep(0.005)
 
     def on_reconnect(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` (sync or async) after the Redis connection came back from an outage."""
@@ -175,6 +190,7 @@ class Events:
                         ignore_subscribe_messages=True, retry_policy=None
                     ) as pubsub:
                         subscribed: set[str] = set()
+                        self._subscribed = subscribed
                         channels = set(self._subscribers)
                         if channels:
                             await pubsub.subscribe(*channels)

@@ -110,6 +110,7 @@ class Gateway:
             if self.database is not None:
                 await self.reload_models()
             await self.plugins.call_all("lockgate_startup", gateway=self)
+            await self.events.wait_subscribed()
         except BaseException:
             await self._close_resources()
             raise
