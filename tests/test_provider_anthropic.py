@@ -14,13 +14,12 @@ import openai
 import pytest
 from openai.types.chat import (
     ChatCompletionChunk,
-    ChatCompletionMessage,
-    ChatCompletionMessageFunctionToolCall,
     ChatCompletionMessageParam,
     ChatCompletionToolParam,
 )
 
 from gateway_core.testing import GatewayServer
+from tests.chat_completions import finish_chunks, function_calls, streamed_text, user
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text_block, tool_use_block
 
 UPSTREAM_MODEL = "claude-sonnet-4-5"
@@ -104,25 +103,6 @@ def sent(upstream: FakeAnthropic) -> dict[str, Any]:
     """The body of the last request the fake received on ``/v1/messages``."""
     body: dict[str, Any] = upstream.requests_to("/v1/messages")[-1].json
     return body
-
-
-def user(text: str) -> list[ChatCompletionMessageParam]:
-    return [{"role": "user", "content": text}]
-
-
-def function_calls(message: ChatCompletionMessage) -> list[ChatCompletionMessageFunctionToolCall]:
-    """The tool calls of an answer, all of which must be function calls."""
-    calls = message.tool_calls or []
-    assert all(isinstance(call, ChatCompletionMessageFunctionToolCall) for call in calls)
-    return [call for call in calls if isinstance(call, ChatCompletionMessageFunctionToolCall)]
-
-
-def finish_chunks(chunks: list[ChatCompletionChunk]) -> list[str]:
-    return [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason is not None]
-
-
-def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
 # --- answers -------------------------------------------------------------------------------------------

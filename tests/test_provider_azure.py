@@ -16,9 +16,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk
 
 from gateway_core.testing import GatewayServer
+from tests.chat_completions import user
 from tests.fakes.azure_upstream import FILTERED_WORD, FakeAzureOpenAI
 from tests.fakes.openai_upstream import embedding_for
 
@@ -78,10 +79,6 @@ async def async_sdk(azure_gateway: GatewayServer) -> AsyncIterator[openai.AsyncO
         base_url=azure_gateway.base_url, api_key=azure_gateway.api_key, max_retries=0, timeout=10
     ) as client:
         yield client
-
-
-def user(text: str) -> list[ChatCompletionMessageParam]:
-    return [{"role": "user", "content": text}]
 
 
 def test_a_chat_completion_goes_to_the_azure_deployment(

@@ -17,13 +17,12 @@ import openai
 import pytest
 from openai.types.chat import (
     ChatCompletionChunk,
-    ChatCompletionMessage,
-    ChatCompletionMessageFunctionToolCall,
     ChatCompletionMessageParam,
     ChatCompletionToolParam,
 )
 
 from gateway_core.testing import GatewayServer
+from tests.chat_completions import finish_chunks, function_calls, streamed_text, user
 from tests.fakes.gemini_upstream import FakeGemini, Reply
 from tests.fakes.openai_upstream import embedding_for
 
@@ -103,25 +102,6 @@ async def async_sdk(gemini_gateway: GatewayServer) -> AsyncIterator[openai.Async
 def sent(upstream: FakeGemini, method: str = "generateContent") -> dict[str, Any]:
     body: dict[str, Any] = upstream.requests_to(method)[-1].json
     return body
-
-
-def user(text: str) -> list[ChatCompletionMessageParam]:
-    return [{"role": "user", "content": text}]
-
-
-def function_calls(message: ChatCompletionMessage) -> list[ChatCompletionMessageFunctionToolCall]:
-    """The tool calls of an answer, all of which must be function calls."""
-    calls = message.tool_calls or []
-    assert all(isinstance(call, ChatCompletionMessageFunctionToolCall) for call in calls)
-    return [call for call in calls if isinstance(call, ChatCompletionMessageFunctionToolCall)]
-
-
-def finish_chunks(chunks: list[ChatCompletionChunk]) -> list[str]:
-    return [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason is not None]
-
-
-def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
 # --- answers -------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
 
 from gateway_core.testing import GatewayServer
+from tests.chat_completions import user
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.google_oauth import (
@@ -117,10 +117,6 @@ def sdk(vertex_gateway: GatewayServer) -> Iterator[openai.OpenAI]:
 
 def openai_client(server: GatewayServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=10)
-
-
-def user(text: str) -> list[ChatCompletionMessageParam]:
-    return [{"role": "user", "content": text}]
 
 
 def bearer_token(vertex: FakeVertex) -> str:

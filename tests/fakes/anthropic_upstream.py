@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +33,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_upstream import RecordedRequest, split_reply
+from tests.fakes.openai_upstream import split_reply
+from tests.fakes.server import BackgroundServer, RecordedRequest
 
 DEFAULT_API_KEY = "sk-ant-fake-upstream-7c2e9b4d1a3f5e60"
 #: ``anthropic-version`` values: the documented 2023-01-01 and 2023-06-01, and the later dated versions
@@ -517,30 +516,26 @@ def _frame(name: str, payload: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
 
 
-class FakeAnthropic:
-    """The fake Anthropic API server; see the module docstring."""
+class FakeAnthropic(BackgroundServer[RecordedRequest]):
+    """The fake Anthropic API server; see the module docstring.
+
+    ``url`` is the base URL as the ``anthropic`` SDK takes it (the SDK adds ``/v1/messages``).
+    """
+
+    name = "fake-anthropic"
+    record_type = RecordedRequest
+    reserve_port = True
+    client_max_size = 32 * 1024 * 1024
 
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = Behaviour()
-        self.requests: list[RecordedRequest] = []
         #: Requests whose caller went away before the answer was complete.
         self.aborted: list[RecordedRequest] = []
         #: Streams the fake sent to the end (``message_stop`` included).
         self.completed_streams = 0
         self._replies: deque[Reply] = deque()
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._counter = 0
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        #: The base URL, as the ``anthropic`` SDK takes it (the SDK adds ``/v1/messages``).
-        self.url = f"http://127.0.0.1:{self.port}"
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -563,63 +558,14 @@ class FakeAnthropic:
             self._replies.clear()
             self.completed_streams = 0
 
-    def requests_to(self, path: str) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
-    # --- life cycle ----------------------------------------------------------------------------------
-
-    def start(self) -> FakeAnthropic:
-        self._thread = threading.Thread(target=self._run, name=f"fake-anthropic-{self.port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Anthropic server did not start within 10 s")
-        if self._failure is not None:
-            raise self._failure
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application(client_max_size=32 * 1024 * 1024)
-            app.router.add_post("/v1/messages", self._guard(self._messages))
-            app.router.add_post("/v1/messages/count_tokens", self._guard(self._count_tokens))
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            except BaseException as exc:
-                self._failure = exc
-                self._ready.set()
-                await runner.cleanup()
-                return
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        asyncio.run(main())
-
     # --- request handling ----------------------------------------------------------------------------
 
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._guard(self._messages))
+        app.router.add_post("/v1/messages/count_tokens", self._guard(self._count_tokens))
+
     def _next_id(self, prefix: str) -> str:
-        with self._lock:
-            self._counter += 1
-            return f"{prefix}_fake{self._counter:08d}"
+        return f"{prefix}_fake{self._next_number():08d}"
 
     def _error(
         self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None
@@ -636,12 +582,7 @@ class FakeAnthropic:
         """Record the request, check the headers, apply injected faults, validate, then run ``handler``."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            recorded = RecordedRequest(
-                request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body
-            )
-            with self._lock:
-                self.requests.append(recorded)
+            recorded = await self._record(request)
             behaviour = self.behaviour
             try:
                 if behaviour.delay:
@@ -667,7 +608,7 @@ class FakeAnthropic:
                         behaviour.status, behaviour.error_type, behaviour.message, behaviour.headers
                     )
                 try:
-                    data = orjson.loads(body)
+                    data = orjson.loads(recorded.body)
                 except orjson.JSONDecodeError:
                     return self._error(
                         400, "invalid_request_error", "There was an issue with the JSON body of your request."

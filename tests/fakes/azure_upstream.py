@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +30,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_upstream import (
-    CHAT_PARAMETERS,
-    EMBEDDING_PARAMETERS,
-    RecordedRequest,
-    embedding_for,
-    split_reply,
-)
+from tests.fakes.openai_upstream import CHAT_PARAMETERS, EMBEDDING_PARAMETERS, embedding_for, split_reply
+from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery
 
 DEFAULT_API_KEY = "0123456789abcdef0123456789abcdef"
 #: Deployment name -> the model it serves.
@@ -70,11 +64,8 @@ PROMPT_FILTERS = [
 ]
 
 
-@dataclass(frozen=True)
-class AzureRequest(RecordedRequest):
-    """One request the fake received, with its query parameters."""
-
-    query: dict[str, str] = field(default_factory=dict)
+#: One request the fake received, with its query parameters.
+AzureRequest = RecordedRequestWithQuery
 
 
 @dataclass
@@ -107,23 +98,19 @@ class _Died(Exception):
     pass
 
 
-class FakeAzureOpenAI:
-    """The fake Azure OpenAI resource; see the module docstring."""
+class FakeAzureOpenAI(BackgroundServer[AzureRequest]):
+    """The fake Azure OpenAI resource; see the module docstring.
+
+    ``url`` is the resource endpoint, as ``base_url`` of an ``azure_openai`` deployment takes it.
+    """
+
+    name = "fake-azure-openai"
+    record_type = AzureRequest
 
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = Behaviour()
-        self.requests: list[AzureRequest] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._counter = 0
-        self.port = 0
-        #: The resource endpoint, as ``base_url`` of an ``azure_openai`` deployment takes it.
-        self.url = ""
 
     def behave(self, **changes: Any) -> Behaviour:
         self.behaviour = Behaviour(**changes)
@@ -134,67 +121,13 @@ class FakeAzureOpenAI:
             self.behaviour = Behaviour()
             self.requests.clear()
 
-    # --- life cycle ----------------------------------------------------------------------------------
-
-    def start(self) -> FakeAzureOpenAI:
-        self._thread = threading.Thread(target=self._run, name="fake-azure-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Azure OpenAI server did not start within 10 s")
-        if self._failure is not None:
-            raise self._failure
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeAzureOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/openai/deployments/{deployment}/{operation:.+}", self._handle)
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                self.port = runner.addresses[0][1]
-            except BaseException as exc:
-                self._failure = exc
-                self._ready.set()
-                await runner.cleanup()
-                return
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        asyncio.run(main())
-
     # --- request handling ----------------------------------------------------------------------------
 
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/openai/deployments/{deployment}/{operation:.+}", self._handle)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        recorded = AzureRequest(
-            request.method,
-            request.path,
-            {k.lower(): v for k, v in request.headers.items()},
-            body,
-            dict(request.query),
-        )
-        with self._lock:
-            self.requests.append(recorded)
+        recorded = await self._record(request)
         if request.headers.get("api-key") != self.api_key:
             return _error(401, {"code": "401", "message": ACCESS_DENIED})
         operation = request.match_info["operation"]
@@ -211,7 +144,7 @@ class FakeAzureOpenAI:
             error = {"code": behaviour.code or str(behaviour.status), "message": behaviour.message}
             return _error(behaviour.status, error, behaviour.headers)
         try:
-            data = orjson.loads(body)
+            data = orjson.loads(recorded.body)
         except orjson.JSONDecodeError:
             return _error(400, {"code": "BadRequest", "message": "Invalid JSON in request body."})
         if not isinstance(data, dict):
@@ -236,9 +169,7 @@ class FakeAzureOpenAI:
             raise asyncio.CancelledError from None
 
     def _next_id(self) -> str:
-        with self._lock:
-            self._counter += 1
-            return f"chatcmpl-azfake{self._counter:06d}"
+        return f"chatcmpl-azfake{self._next_number():06d}"
 
     def _headers(self) -> dict[str, str]:
         return {"apim-request-id": "00000000-0000-4000-8000-000000000000", "x-ms-region": "Sweden Central"}

@@ -34,8 +34,6 @@ import base64
 import contextlib
 import hashlib
 import re
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,8 +43,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.openai_upstream import RecordedRequest as _RecordedRequest
 from tests.fakes.openai_upstream import embedding_for, split_reply
+from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery
 
 DEFAULT_API_KEY = "AIzaSyFakeUpstreamKey-0123456789abcdef"
 
@@ -405,10 +403,8 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class RecordedRequest(_RecordedRequest):
+class RecordedRequest(RecordedRequestWithQuery):
     """One request the fake received, with its query parameters."""
-
-    query: dict[str, str] = field(default_factory=dict)
 
     @property
     def method_name(self) -> str:
@@ -536,13 +532,17 @@ def _content_texts(content: dict[str, Any]) -> list[str]:
     ]
 
 
-class FakeGemini:
+class FakeGemini(BackgroundServer[RecordedRequest]):
     """The fake Gemini API server; see the module docstring."""
 
+    name = "fake-gemini"
+    record_type = RecordedRequest
+    reserve_port = True
+
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = Behaviour()
-        self.requests: list[RecordedRequest] = []
         #: Requests whose caller went away before the answer was complete.
         self.aborted: list[RecordedRequest] = []
         #: Streams the fake sent to the end.
@@ -551,18 +551,7 @@ class FakeGemini:
         self.signatures: set[bytes] = set()
         self._replies: deque[Reply] = deque()
         self._faults_left: int | None = None
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._counter = 0
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        #: What the SDK takes as its base URL (it appends the version); ``base_url`` is the v1beta root.
-        self.url = f"http://127.0.0.1:{self.port}"
+        #: ``url`` is what the SDK takes as its base URL (it appends the version); this is the v1beta root.
         self.base_url = f"{self.url}/v1beta"
 
     # --- control -------------------------------------------------------------------------------------
@@ -605,69 +594,20 @@ class FakeGemini:
             time.sleep(0.02)
         return bool(self.aborted)
 
-    # --- life cycle ----------------------------------------------------------------------------------
-
-    def start(self) -> FakeGemini:
-        self._thread = threading.Thread(target=self._run, name=f"fake-gemini-{self.port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Gemini server did not start within 10 s")
-        if self._failure is not None:
-            raise self._failure
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            for version in ("v1beta", "v1"):
-                app.router.add_post(f"/{version}/models/{{target}}", self._guard(self._dispatch))
-                app.router.add_get(f"/{version}/models", self._guard(self._list_models))
-                app.router.add_get(f"/{version}/models/{{target}}", self._guard(self._get_model))
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            except BaseException as exc:
-                self._failure = exc
-                self._ready.set()
-                await runner.cleanup()
-                return
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        asyncio.run(main())
-
     # --- request handling ----------------------------------------------------------------------------
+
+    def routes(self, app: web.Application) -> None:
+        for version in ("v1beta", "v1"):
+            app.router.add_post(f"/{version}/models/{{target}}", self._guard(self._dispatch))
+            app.router.add_get(f"/{version}/models", self._guard(self._list_models))
+            app.router.add_get(f"/{version}/models/{{target}}", self._guard(self._get_model))
 
     def _guard(self, handler: Callable[[web.Request, RecordedRequest], Any]) -> Callable[[web.Request], Any]:
         """Record the request, check the key, apply injected faults, then run ``handler``."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            recorded = RecordedRequest(
-                request.method,
-                request.path,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-                dict(request.query),
-            )
+            # Recorded under the same lock as the behaviour is read: the two belong together.
+            recorded = RecordedRequest.of(request, await request.read())
             with self._lock:
                 self.requests.append(recorded)
                 behaviour = self.behaviour
@@ -720,9 +660,7 @@ class FakeGemini:
         return None
 
     def _next_id(self) -> str:
-        with self._lock:
-            self._counter += 1
-            return f"fakeResp{self._counter:06d}"
+        return f"fakeResp{self._next_number():06d}"
 
     def _headers(self) -> dict[str, str]:
         headers = {"server-timing": "gfet4t7; dur=42", "x-gemini-service-tier": "standard"}

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jwt
@@ -39,8 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gemini_upstream import FakeGemini, google_error
-from tests.fakes.openai_upstream import RecordedRequest as _RecordedRequest
 from tests.fakes.openai_upstream import embedding_for
+from tests.fakes.server import BackgroundServer
+from tests.fakes.server import RecordedRequestWithQuery as RecordedRequest
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -73,100 +73,6 @@ def make_service_account(
     }
 
 
-@dataclass(frozen=True)
-class RecordedRequest(_RecordedRequest):
-    """One request a fake received, with its query parameters."""
-
-    query: dict[str, str] = field(default_factory=dict)
-
-
-class _BackgroundServer:
-    """An aiohttp application served on 127.0.0.1 (a free port) by a thread with its own loop."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self.port = 0
-        self.url = ""
-
-    def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    async def started(self) -> None:
-        """Runs in the server's loop before it accepts requests."""
-
-    async def stopping(self) -> None:
-        """Runs in the server's loop after it stopped serving."""
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"the {self.name} server did not start within 10 s")
-        if self._failure is not None:
-            raise self._failure
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            self.routes(app)
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-            await runner.setup()
-            try:
-                await self.started()
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                self.port = runner.addresses[0][1]
-            except BaseException as exc:
-                self._failure = exc
-                self._ready.set()
-                await runner.cleanup()
-                await self.stopping()
-                return
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-                await self.stopping()
-
-        asyncio.run(main())
-
-    async def _record(self, request: web.Request) -> RecordedRequest:
-        recorded = RecordedRequest(
-            request.method,
-            request.path,
-            {k.lower(): v for k, v in request.headers.items()},
-            await request.read(),
-            dict(request.query),
-        )
-        with self._lock:
-            self.requests.append(recorded)
-        return recorded
-
-
 # --- the token endpoint ----------------------------------------------------------------------------
 
 
@@ -190,10 +96,11 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
     )
 
 
-class FakeGoogleOAuth(_BackgroundServer):
+class FakeGoogleOAuth(BackgroundServer[RecordedRequest]):
     """Google's OAuth 2.0 token endpoint for service-account JWT-bearer grants."""
 
     name = "fake-google-oauth"
+    record_type = RecordedRequest
 
     def __init__(self) -> None:
         super().__init__()
@@ -335,10 +242,11 @@ def _anthropic_error(message: str) -> web.Response:
     return web.Response(status=400, body=orjson.dumps(body), content_type="application/json")
 
 
-class FakeVertex(_BackgroundServer):
+class FakeVertex(BackgroundServer[RecordedRequest]):
     """Vertex AI's publisher-model endpoints, authenticated by :class:`FakeGoogleOAuth` tokens."""
 
     name = "fake-vertex"
+    record_type = RecordedRequest
 
     def __init__(
         self,
@@ -356,10 +264,6 @@ class FakeVertex(_BackgroundServer):
         self.project = project
         self.location = location
         self._session: aiohttp.ClientSession | None = None
-
-    def reset(self) -> None:
-        with self._lock:
-            self.requests.clear()
 
     def requests_to(self, method: str) -> list[RecordedRequest]:
         """The recorded calls of one method (``generateContent``, ``rawPredict``, ...)."""

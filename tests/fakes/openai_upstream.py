@@ -19,14 +19,15 @@ import asyncio
 import base64
 import hashlib
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.server import BackgroundServer, RecordedRequest
 
 DEFAULT_API_KEY = "sk-fake-upstream-3f9a1c0e5b7d2468ace0"
 
@@ -78,24 +79,6 @@ class Behaviour:
     allow_unknown_parameters: bool = False
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the fake received."""
-
-    method: str
-    path: str
-    #: Header names lower-cased.
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError:
-            return None
-
-
 class _ClientGone(Exception):
     """Writing to the caller failed: it closed the connection."""
 
@@ -137,27 +120,21 @@ def split_reply(text: str, pieces: int) -> list[str]:
     return out
 
 
-class FakeOpenAI:
+class FakeOpenAI(BackgroundServer[RecordedRequest]):
     """The fake OpenAI API server; see the module docstring."""
 
+    name = "fake-openai"
+    record_type = RecordedRequest
+
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = Behaviour()
-        self.requests: list[RecordedRequest] = []
         #: Requests whose caller went away before the answer was complete (stream or not).
         self.aborted: list[RecordedRequest] = []
         #: Streams the fake sent to the end: counted as their ``[DONE]`` goes out.
         self.completed_streams = 0
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._counter = 0
-        #: Known once started: the server binds a free port itself, so no other server can take it.
-        self.port = 0
-        self.url = ""
+        #: ``url`` + ``/v1``, as the ``openai`` SDK takes it; known once started.
         self.base_url = ""
 
     # --- control -------------------------------------------------------------------------------------
@@ -174,10 +151,6 @@ class FakeOpenAI:
             self.requests.clear()
             self.aborted.clear()
             self.completed_streams = 0
-
-    def requests_to(self, path: str) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
 
     def was_aborted(self, marker: str) -> bool:
         """Whether a request whose body contains ``marker`` was abandoned by its caller."""
@@ -204,55 +177,16 @@ class FakeOpenAI:
 
     # --- life cycle ----------------------------------------------------------------------------------
 
-    def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake OpenAI server did not start within 10 s")
-        if self._failure is not None:
-            raise self._failure
-        self.url = f"http://127.0.0.1:{self.port}"
+    def start(self) -> Self:
+        super().start()
         self.base_url = f"{self.url}/v1"
         return self
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._guard(self._chat))
-            app.router.add_post("/v1/embeddings", self._guard(self._embeddings))
-            app.router.add_get("/v1/models", self._guard(self._list_models))
-            app.router.add_get("/v1/models/{model}", self._guard(self._retrieve_model))
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                self.port = runner.addresses[0][1]
-            except BaseException as exc:
-                self._failure = exc
-                self._ready.set()
-                await runner.cleanup()
-                return
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await runner.cleanup()
-
-        asyncio.run(main())
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._guard(self._chat))
+        app.router.add_post("/v1/embeddings", self._guard(self._embeddings))
+        app.router.add_get("/v1/models", self._guard(self._list_models))
+        app.router.add_get("/v1/models/{model}", self._guard(self._retrieve_model))
 
     # --- request handling ----------------------------------------------------------------------------
 
@@ -260,12 +194,7 @@ class FakeOpenAI:
         """Record the request, check the key, apply injected faults, then run ``handler``."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            recorded = RecordedRequest(
-                request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, body
-            )
-            with self._lock:
-                self.requests.append(recorded)
+            recorded = await self._record(request)
             behaviour = self.behaviour
             try:
                 if behaviour.delay:
@@ -321,9 +250,7 @@ class FakeOpenAI:
         return None
 
     def _next_id(self, prefix: str) -> str:
-        with self._lock:
-            self._counter += 1
-            return f"{prefix}-fake{self._counter:06d}"
+        return f"{prefix}-fake{self._next_number():06d}"
 
     def _headers(self) -> dict[str, str]:
         headers = {
