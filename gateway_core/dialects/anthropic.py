@@ -888,23 +888,8 @@ def decode_messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
             raise _request_error(f"{name}: This field is not supported by this gateway.", name)
         if name not in _MESSAGES_FIELDS:
             raise _request_error(f"{name}: Extra inputs are not permitted", name)
-    model = body.get("model")
-    if model is None:
-        raise _field_required("model")
-    if not isinstance(model, str) or not model:
-        raise _request_error("model: Input should be a valid string", "model")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        raise _field_required("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-        raise _request_error("max_tokens: Input should be a valid non-negative integer", "max_tokens")
-    messages = body.get("messages")
-    if messages is None:
-        raise _field_required("messages")
-    if not isinstance(messages, list):
-        raise _request_error("messages: Input should be a valid list", "messages")
-    if not messages:
-        raise _request_error("messages: at least one message is required", "messages")
+    skeleton = messages_essentials(body)
+    model, max_tokens, messages = skeleton["model"], skeleton["max_tokens"], body["messages"]
 
     out: dict[str, Any] = {"model": model, "messages": [*_decode_system(body.get("system"))]}
     for index, message in enumerate(messages):
