@@ -1,0 +1,59 @@
+"""Lowest latency: the deployment with the smallest moving average (EWMA) of its time to first byte.
+
+Every successful call updates its deployment's average (the whole call when nothing was streamed).
+Deployments without a measurement yet are tried first, so every one gets measured; a small share of
+requests (``EXPLORE_EVERY``) still goes to the others in turn, so a deployment that became faster is
+noticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gateway_core import Balancer, Deployment, RequestContext, hookimpl
+
+#: Weight of the newest measurement in the moving average.
+ALPHA = 0.3
+#: One request in this many explores a deployment other than the fastest.
+EXPLORE_EVERY = 20
+
+
+class LowestLatency(Balancer):
+    name = "lowest_latency"
+
+    def __init__(self, group: str, deployments: Sequence[Deployment]) -> None:
+        super().__init__(group, deployments)
+        self._average: dict[int, float] = {}
+        self._count = 0
+
+    def choose(self, ctx: RequestContext) -> Deployment:
+        deployments = self.deployments
+        average = self._average
+        for deployment in deployments:
+            if id(deployment) not in average:
+                return deployment
+        self._count += 1
+        if len(deployments) > 1 and self._count % EXPLORE_EVERY == 0:
+            return deployments[(self._count // EXPLORE_EVERY) % len(deployments)]
+        return min(deployments, key=lambda deployment: average[id(deployment)])
+
+    def release(self, deployment: Deployment, ctx: RequestContext) -> None:
+        if ctx.status != 200:
+            return
+        end = ctx.first_byte if ctx.first_byte is not None else ctx.finished
+        if end is None:
+            return
+        latency = end - ctx.started
+        previous = self._average.get(id(deployment))
+        self._average[id(deployment)] = (
+            latency if previous is None else ALPHA * latency + (1 - ALPHA) * previous
+        )
+
+    def average(self, deployment: Deployment) -> float | None:
+        """The current moving average of ``deployment`` in seconds (None before its first call)."""
+        return self._average.get(id(deployment))
+
+
+@hookimpl
+def lockgate_register_balancers(register: Callable[[str, type[Balancer]], None]) -> None:
+    register("lowest_latency", LowestLatency)
