@@ -37,7 +37,6 @@ import hashlib
 import math
 import mimetypes
 import re
-import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import orjson
 
+from gateway_core.embeddings import embeddings_answer
 from gateway_core.errors import GatewayError, bad_request, upstream_error
 from gateway_core.types import Usage
 
@@ -867,24 +867,18 @@ def decode_embeddings_response(
         embeddings = [data["embedding"]]
     if not isinstance(embeddings, list):
         raise upstream_error("The upstream Gemini embeddings answer held no embeddings.")
-    items = []
-    for index, embedding in enumerate(embeddings):
+    vectors = []
+    for embedding in embeddings:
         values = embedding.get("values") if isinstance(embedding, dict) else None
         if not isinstance(values, list):
             raise upstream_error("The upstream Gemini embeddings answer held a malformed embedding.")
-        vector: Any = values
-        if encoding_format == "base64":
-            vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-        items.append({"object": "embedding", "index": index, "embedding": vector})
+        vectors.append(values)
     metadata = data.get("usageMetadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("promptTokenCount"), int):
         prompt_tokens = metadata["promptTokenCount"]
-    return {
-        "object": "list",
-        "data": items,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
+    return embeddings_answer(
+        vectors, model=model, encoding_format=encoding_format, prompt_tokens=prompt_tokens
+    )
 
 
 # --- errors -----------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ words, which is an approximation of real tokenizers that is stable across runs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import math
 import struct
@@ -29,6 +28,7 @@ from gateway_core import (
     bad_request,
     hookimpl,
 )
+from gateway_core.embeddings import embeddings_answer
 from gateway_core.sse import DONE, sse_event
 
 FINGERPRINT = "fp_lockgate_mock"
@@ -180,7 +180,7 @@ class MockProvider(Provider):
         options = self.options
         assert isinstance(options, MockOptions)
         raw_input = call.body.get("input")
-        inputs = (
+        inputs: list[Any] = (
             raw_input
             if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int)
             else [raw_input]
@@ -188,19 +188,18 @@ class MockProvider(Provider):
         dimensions = call.body.get("dimensions") or options.embedding_dimensions
         if not isinstance(dimensions, int) or dimensions < 1:
             raise bad_request("`dimensions` must be a positive integer.", param="dimensions")
-        as_base64 = call.body.get("encoding_format") == "base64"
-        data = []
+        vectors = []
         tokens = 0
-        for index, item in enumerate(inputs):
+        for item in inputs:
             text = item if isinstance(item, str) else " ".join(map(str, item))
             tokens += len(item) if isinstance(item, list) else _count_tokens(item)
-            vector = _embed(text, dimensions)
-            embedding: Any = (
-                base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
-            )
-            data.append({"object": "embedding", "index": index, "embedding": embedding})
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        body = {"object": "list", "data": data, "model": call.upstream_model, "usage": usage}
+            vectors.append(_embed(text, dimensions))
+        body = embeddings_answer(
+            vectors,
+            model=call.upstream_model,
+            encoding_format=call.body.get("encoding_format"),
+            prompt_tokens=tokens,
+        )
         return CompletedResponse(orjson.dumps(body), Usage(prompt_tokens=tokens, total_tokens=tokens))
 
 

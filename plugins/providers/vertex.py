@@ -7,9 +7,7 @@ Google's) unless ``options.publisher`` says otherwise. Credentials come from ``o
 
 from __future__ import annotations
 
-import base64
 import os
-import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,6 +28,7 @@ from gateway_core import (
     Usage,
     hookimpl,
 )
+from gateway_core.embeddings import embeddings_answer
 from gateway_core.http import ErrorDecoder, error_from_upstream, read_json
 from plugins.providers.anthropic_base import NOT_COUNTED, AnthropicMessagesProvider, AnthropicOptions
 from plugins.providers.google_auth import ServiceAccountTokens, parse_service_account
@@ -137,18 +136,17 @@ class VertexGemini(GoogleGenerativeProvider):
         payload = {"instances": [{"content": text} for text in texts], "parameters": parameters}
         response = await self._post(self.model_url(call.upstream_model, "predict"), payload)
         _, data = await read_json(response, self.name)
-        as_base64 = call.body.get("encoding_format") == "base64"
-        out = []
+        vectors = []
         tokens = 0
-        for index, prediction in enumerate(data.get("predictions", [])):
-            values = prediction["embeddings"]["values"]
+        for prediction in data.get("predictions", []):
+            vectors.append(prediction["embeddings"]["values"])
             tokens += int(prediction["embeddings"].get("statistics", {}).get("token_count", 0))
-            embedding: Any = (
-                base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode() if as_base64 else values
-            )
-            out.append({"object": "embedding", "index": index, "embedding": embedding})
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        answer = {"object": "list", "data": out, "model": call.upstream_model, "usage": usage}
+        answer = embeddings_answer(
+            vectors,
+            model=call.upstream_model,
+            encoding_format=call.body.get("encoding_format"),
+            prompt_tokens=tokens,
+        )
         return CompletedResponse(orjson.dumps(answer), Usage(prompt_tokens=tokens, total_tokens=tokens))
 
 
