@@ -29,6 +29,7 @@ from gateway_core.store.models import Role
 
 if TYPE_CHECKING:
     from gateway_core.admin.app import AdminApi
+    from gateway_core.admin.schemas import PageQuery
     from gateway_core.gateway import Gateway
 
 log = logging.getLogger("lockgate.admin")
@@ -305,3 +306,16 @@ def _parse_query(model: type[BaseModel], params: Mapping[str, str]) -> BaseModel
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid(exc, "query parameter") from None
+
+
+async def fetch_page(query: Any, page: PageQuery, *order: str) -> tuple[list[Any], dict[str, Any]]:
+    """One page of ``query`` in ``order``, and the paging fields of the listing (``total``, ...)."""
+    total = await query.count()
+    rows = list(await query.order_by(*order).offset(page.offset).limit(page.limit))
+    paging = {
+        "total": total,
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": page.offset + len(rows) < total,
+    }
+    return rows, paging

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, not_found
+from gateway_core.admin.api import Call, Operation, fetch_page, not_found
 from gateway_core.errors import ConfigError, bad_request
 from gateway_core.routing import build_deployment
 from gateway_core.store import models
@@ -149,15 +149,8 @@ async def list_deployments(call: Call) -> schemas.DeploymentList:
         query = query.filter(provider=q.provider)
     if q.enabled is not None:
         query = query.filter(enabled=q.enabled)
-    total = await query.count()
-    rows = await query.order_by("created_at", "id").offset(q.offset).limit(q.limit)
-    return schemas.DeploymentList(
-        data=[deployment_out(record) for record in rows],
-        total=total,
-        limit=q.limit,
-        offset=q.offset,
-        has_more=q.offset + len(rows) < total,
-    )
+    rows, paging = await fetch_page(query, q, "created_at", "id")
+    return schemas.DeploymentList(data=[deployment_out(record) for record in rows], **paging)
 
 
 async def get_deployment(call: Call) -> schemas.Deployment:

@@ -15,7 +15,7 @@ from typing import Any
 from tortoise.expressions import Q
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, forbidden, not_found
+from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, not_found
 from gateway_core.errors import bad_request
 from gateway_core.store import keys, models
 from gateway_core.store.models import Role
@@ -82,15 +82,8 @@ async def list_keys(call: Call) -> schemas.KeyList:
         query = query.filter(revoked_at__isnull=True, expires_at__lte=now)
     elif q.status == "active":
         query = query.filter(Q(revoked_at__isnull=True), Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-    total = await query.count()
-    rows = await query.order_by("created_at", "id").offset(q.offset).limit(q.limit)
-    return schemas.KeyList(
-        data=[schemas.Key.model_validate(key_out(key)) for key in rows],
-        total=total,
-        limit=q.limit,
-        offset=q.offset,
-        has_more=q.offset + len(rows) < total,
-    )
+    rows, paging = await fetch_page(query, q, "created_at", "id")
+    return schemas.KeyList(data=[schemas.Key.model_validate(key_out(key)) for key in rows], **paging)
 
 
 async def get_key(call: Call) -> schemas.Key:

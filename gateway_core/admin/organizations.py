@@ -13,7 +13,7 @@ import uuid
 from tortoise.exceptions import IntegrityError
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, conflict, forbidden, not_found, org_parents
+from gateway_core.admin.api import Call, Operation, conflict, fetch_page, forbidden, not_found, org_parents
 from gateway_core.errors import bad_request
 from gateway_core.store import models
 from gateway_core.store.models import Role
@@ -72,15 +72,8 @@ async def list_organizations(call: Call) -> schemas.OrganizationList:
         query = query.filter(parent_id=q.parent_id)
     if q.name is not None:
         query = query.filter(name=q.name)
-    total = await query.count()
-    rows = await query.order_by("created_at", "id").offset(q.offset).limit(q.limit)
-    return schemas.OrganizationList(
-        data=[org_out(org) for org in rows],
-        total=total,
-        limit=q.limit,
-        offset=q.offset,
-        has_more=q.offset + len(rows) < total,
-    )
+    rows, paging = await fetch_page(query, q, "created_at", "id")
+    return schemas.OrganizationList(data=[org_out(org) for org in rows], **paging)
 
 
 async def get_organization(call: Call) -> schemas.Organization:

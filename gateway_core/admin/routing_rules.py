@@ -8,7 +8,7 @@ the change is announced on ``lockgate:deployments``.
 from __future__ import annotations
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, not_found
+from gateway_core.admin.api import Call, Operation, fetch_page, not_found
 from gateway_core.admin.deployments import models_changed
 from gateway_core.errors import bad_request
 from gateway_core.store import models
@@ -42,15 +42,8 @@ async def list_routing_rules(call: Call) -> schemas.RoutingRuleList:
         query = query.filter(target=q.target)
     if q.enabled is not None:
         query = query.filter(enabled=q.enabled)
-    total = await query.count()
-    rows = await query.order_by("priority", "created_at", "id").offset(q.offset).limit(q.limit)
-    return schemas.RoutingRuleList(
-        data=[rule_out(rule) for rule in rows],
-        total=total,
-        limit=q.limit,
-        offset=q.offset,
-        has_more=q.offset + len(rows) < total,
-    )
+    rows, paging = await fetch_page(query, q, "priority", "created_at", "id")
+    return schemas.RoutingRuleList(data=[rule_out(rule) for rule in rows], **paging)
 
 
 async def get_routing_rule(call: Call) -> schemas.RoutingRule:

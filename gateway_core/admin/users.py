@@ -11,7 +11,7 @@ import asyncio
 import uuid
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, conflict, forbidden, not_found
+from gateway_core.admin.api import Call, Operation, conflict, fetch_page, forbidden, not_found
 from gateway_core.admin.auth import user_out
 from gateway_core.errors import bad_request
 from gateway_core.store import models
@@ -66,15 +66,8 @@ async def list_users(call: Call) -> schemas.UserList:
         query = query.filter(is_active=q.is_active)
     if q.email is not None:
         query = query.filter(email=q.email.strip().lower())
-    total = await query.count()
-    rows = await query.order_by("created_at", "id").offset(q.offset).limit(q.limit)
-    return schemas.UserList(
-        data=[user_out(user) for user in rows],
-        total=total,
-        limit=q.limit,
-        offset=q.offset,
-        has_more=q.offset + len(rows) < total,
-    )
+    rows, paging = await fetch_page(query, q, "created_at", "id")
+    return schemas.UserList(data=[user_out(user) for user in rows], **paging)
 
 
 async def get_user(call: Call) -> schemas.User:
