@@ -15,6 +15,10 @@ class Balancer:
 
     One instance is built per model group at start-up. :meth:`choose` is on the hot path: keep it
     synchronous and cheap. :meth:`release` is called when the chosen deployment's call ended.
+
+    The pipeline hands :meth:`choose` the deployments it may use for this attempt: usually
+    :attr:`deployments` itself (the same tuple object), a subset in the same order when some are
+    cooling down, have an open circuit breaker or failed earlier attempts of the request.
     """
 
     name: ClassVar[str] = ""
@@ -23,7 +27,8 @@ class Balancer:
         self.group = group
         self.deployments = tuple(deployments)
 
-    def choose(self, ctx: RequestContext) -> Deployment:
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        """One of ``candidates`` (never empty, a subset of :attr:`deployments` in their order)."""
         raise NotImplementedError
 
     def release(self, deployment: Deployment, ctx: RequestContext) -> None:

@@ -365,7 +365,7 @@ class ModelEndpoint:
             settle = True
             if gateway.plugins.has_policies:
                 await gateway.check_policies(ctx)
-            deployment = group.balancer.choose(ctx)
+            deployment = group.balancer.choose(ctx, group.deployments)
             ctx.deployment = deployment
             deployment.in_flight += 1
             provider = deployment.provider

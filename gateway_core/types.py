@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,5 +89,12 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     finished: float | None = None
+    #: Calls made to upstream deployments for this request (retries and fallbacks included).
+    attempts: int = 0
+    #: The cost in USD of the call that served the request, from the price table; None when the
+    #: deployment's price is unknown or nothing was used.
+    cost: Decimal | None = None
+    #: False when the served deployment has no known price (its cost is unknown, not zero).
+    price_known: bool = True
     #: Free space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)

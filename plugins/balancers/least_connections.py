@@ -15,8 +15,8 @@ class LeastConnections(Balancer):
         super().__init__(group, deployments)
         self._turn = 0
 
-    def choose(self, ctx: RequestContext) -> Deployment:
-        deployments = self.deployments
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        deployments = candidates
         count = len(deployments)
         self._turn = (self._turn + 1) % count
         best = deployments[self._turn]

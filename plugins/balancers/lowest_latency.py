@@ -26,8 +26,8 @@ class LowestLatency(Balancer):
         self._average: dict[int, float] = {}
         self._count = 0
 
-    def choose(self, ctx: RequestContext) -> Deployment:
-        deployments = self.deployments
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        deployments = candidates
         average = self._average
         for deployment in deployments:
             if id(deployment) not in average:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 
 from gateway_core import Balancer, Deployment, RequestContext, hookimpl
@@ -13,10 +12,11 @@ class RoundRobin(Balancer):
 
     def __init__(self, group: str, deployments: Sequence[Deployment]) -> None:
         super().__init__(group, deployments)
-        self._next = itertools.cycle(self.deployments).__next__
+        self._turn = -1
 
-    def choose(self, ctx: RequestContext) -> Deployment:
-        return self._next()
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        self._turn += 1
+        return candidates[self._turn % len(candidates)]
 
 
 @hookimpl

@@ -16,15 +16,29 @@ class Weighted(Balancer):
         self._weights = [deployment.weight for deployment in self.deployments]
         self._total = sum(self._weights)
         self._current = [0.0] * len(self.deployments)
+        self._index = {id(deployment): index for index, deployment in enumerate(self.deployments)}
 
-    def choose(self, ctx: RequestContext) -> Deployment:
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
         current = self._current
-        best = 0
-        for index, weight in enumerate(self._weights):
-            current[index] += weight
+        weights = self._weights
+        if candidates is self.deployments:
+            best = 0
+            for index, weight in enumerate(weights):
+                current[index] += weight
+                if current[index] > current[best]:
+                    best = index
+            current[best] -= self._total
+            return self.deployments[best]
+        # Some are out: the same algorithm over the others, so their shares keep their proportions.
+        indices = [self._index[id(deployment)] for deployment in candidates]
+        best = indices[0]
+        total = 0.0
+        for index in indices:
+            current[index] += weights[index]
+            total += weights[index]
             if current[index] > current[best]:
                 best = index
-        current[best] -= self._total
+        current[best] -= total
         return self.deployments[best]
 
 

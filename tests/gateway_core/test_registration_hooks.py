@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -33,8 +33,8 @@ from gateway_core.testing import GatewayServer
 class LastOne(Balancer):
     name = "last_one"
 
-    def choose(self, ctx: RequestContext) -> Deployment:
-        return self.deployments[-1]
+    def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        return candidates[-1]
 
 
 class Strategies:

@@ -86,5 +86,5 @@ def test_least_connections_picks_the_fewest_in_flight(in_flight: tuple[int, int,
     deployments = [deployment(name, count) for name, count in zip("abc", in_flight, strict=True)]
     balancer = LeastConnections("m", deployments)
     ctx: RequestContext = None  # type: ignore[assignment]
-    chosen = {balancer.choose(ctx).id for _ in range(6)}
+    chosen = {balancer.choose(ctx, balancer.deployments).id for _ in range(6)}
     assert chosen == ({expected} if isinstance(expected, str) else expected)
