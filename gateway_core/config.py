@@ -193,9 +193,19 @@ class SecretsConfig(_Strict):
 
 
 class RedisConfig(_Strict):
-    """Redis, shared by the replicas of a deployment (cross-replica events)."""
+    """Redis, shared by the replicas of a deployment: events, limits, budgets and health state."""
 
     url: str = Field(repr=False, description="redis://[:PASSWORD@]HOST:PORT/DB or rediss://...")
+    cluster: bool = Field(False, description="the URL names a node of a Redis Cluster")
+    timeout: float = Field(
+        0.5, gt=0, description="seconds a Redis call may take before it counts as an outage"
+    )
+    on_outage: str = Field(
+        "open",
+        pattern="^(open|closed)$",
+        description="while Redis is unreachable, limits and budgets fail open (enforced per worker in "
+        "memory) or closed (requests refused with 503)",
+    )
 
     @field_validator("url")
     @classmethod

@@ -37,6 +37,7 @@ from gateway_core.types import Principal, RequestContext
 
 if TYPE_CHECKING:
     from gateway_core.store.database import Database
+    from gateway_core.store.kv import SharedRedis
     from gateway_core.store.secrets import SecretBox
 
 log = logging.getLogger("lockgate")
@@ -84,6 +85,13 @@ class Gateway:
             self.secret_box = SecretBox.from_config(config)
         #: Broadcast notifications to every replica (Redis pub/sub with ``redis.url``, else in-process).
         self.events = Events(config.redis.url if config.redis is not None else None)
+        #: The shared Redis client for counters and state every replica must agree on (None without
+        #: a ``redis`` section).
+        self.redis: SharedRedis | None = None
+        if config.redis is not None:
+            from gateway_core.store.kv import SharedRedis
+
+            self.redis = SharedRedis(config.redis)
         if self.database is not None:
             self.events.subscribe(DEPLOYMENTS_CHANNEL, self._deployments_changed)
             # Deployments may have changed while the database or Redis was out of reach.
@@ -107,6 +115,8 @@ class Gateway:
             if self.database is not None:
                 await self.database.start()
             await self.events.start()
+            if self.redis is not None:
+                await self.redis.start()
             if self.database is not None:
                 await self.reload_models()
             await self.plugins.call_all("lockgate_startup", gateway=self)
@@ -133,6 +143,8 @@ class Gateway:
     async def _close_resources(self) -> None:
         try:
             await self.events.stop()
+            if self.redis is not None:
+                await self.redis.stop()
         finally:
             try:
                 if self.database is not None:
