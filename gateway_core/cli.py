@@ -358,6 +358,10 @@ def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
 
     add_db_commands(sub, with_config)
 
+    from gateway_core.usage.commands import add_usage_command
+
+    add_usage_command(sub, with_config)
+
     for command in host.commands() if host else ():
         p = sub.add_parser(command.name, help=command.help)
         if command.add_arguments:

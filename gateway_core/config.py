@@ -13,8 +13,9 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -53,6 +54,41 @@ class TimeoutConfig(_Strict):
     )
 
 
+class PriceConfig(_Strict):
+    """A model's price in USD per million tokens."""
+
+    input: Decimal = Field(ge=0, description="prompt tokens")
+    output: Decimal = Field(ge=0, description="completion tokens (reasoning included)")
+    cached_input: Decimal | None = Field(None, ge=0, description="prompt tokens read from the cache")
+    cache_write: Decimal | None = Field(None, ge=0, description="prompt tokens written to the cache")
+
+
+class PricingConfig(_Strict):
+    """The price table and its overrides."""
+
+    table: str | None = Field(
+        None, description="a price table file (YAML); default: the table shipped in conf/prices.yaml"
+    )
+    overrides: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="prices by model name or glob, before the table's"
+    )
+    default_max_output_tokens: int = Field(
+        4096, gt=0, description="output tokens assumed for reservations when a request sets no max_tokens"
+    )
+
+
+class CredentialConfig(_Strict):
+    """One upstream credential of a deployment's pool, with its own rate limits."""
+
+    id: str | None = Field(None, description="a name for logs; defaults to the position in the pool")
+    api_key: SecretStr | None = Field(None, description="this credential's key; default: the deployment's")
+    rpm: int | None = Field(None, gt=0, description="requests per minute this credential may make")
+    tpm: int | None = Field(None, gt=0, description="tokens per minute this credential may use")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="provider options merged over the deployment's"
+    )
+
+
 class DeploymentConfig(_Strict):
     """One provider deployment serving a model group."""
 
@@ -60,16 +96,109 @@ class DeploymentConfig(_Strict):
     provider: str
     model: str | None = Field(None, description="model name at the upstream; defaults to the group name")
     api_key: SecretStr | None = None
+    credentials: list[CredentialConfig] = Field(
+        default_factory=list, description="a pool of credentials; default: one, the deployment's api_key"
+    )
+    credential_strategy: Literal["round_robin", "fill_first"] = Field(
+        "round_robin", description="which credential of the pool a call uses"
+    )
+    rpm: int | None = Field(None, gt=0, description="requests per minute of the whole deployment")
+    tpm: int | None = Field(None, gt=0, description="tokens per minute of the whole deployment")
     base_url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     weight: float = Field(1.0, gt=0)
     timeout: TimeoutConfig = Field(default_factory=TimeoutConfig)
     proxy: str | None = None
+    proxies: list[str] = Field(
+        default_factory=list, description="outbound proxies, the first that connects is used"
+    )
+    proxy_pool: str | None = Field(None, description="the name of a top-level proxy_pools entry")
     optional: bool = False
     drop_params: bool = Field(
         False, description="drop request parameters the provider cannot express instead of answering 400"
     )
+    price: PriceConfig | None = Field(None, description="this deployment's price, before every table")
+    health_check: bool | None = Field(
+        None, description="active health checks of this deployment; none = follow health.active.enabled"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_proxy_setting(self) -> DeploymentConfig:
+        given = [name for name in ("proxy", "proxies", "proxy_pool") if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {', '.join(given)}")
+        ids = [credential.id for credential in self.credentials if credential.id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError("credentials: two credentials have the same id")
+        return self
+
+
+#: Upstream statuses retried by default (Anthropic answers 529 when overloaded).
+DEFAULT_RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504, 529)
+
+
+class RetryConfig(_Strict):
+    """When and how a failed upstream call is tried again (another deployment first, when there is one)."""
+
+    attempts: int = Field(
+        3, ge=1, le=20, description="calls per model group, the first included (1 = no retry)"
+    )
+    backoff: float = Field(0.25, ge=0, description="seconds before the first retry of the same deployment")
+    max_backoff: float = Field(8.0, ge=0, description="longest wait between two attempts")
+    jitter: float = Field(0.5, ge=0, le=1, description="share of each wait that is random")
+    on_status: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_STATUSES),
+        description="upstream HTTP statuses that are retried",
+    )
+    on_timeout: bool = Field(True, description="retry upstream timeouts")
+    on_connection_error: bool = Field(True, description="retry refused, reset or broken connections")
+    max_retry_after: float = Field(
+        30.0,
+        ge=0,
+        description="a 429's Retry-After up to this is waited for; a longer one is not (other "
+        "deployments and fallbacks are tried, else the client gets the 429)",
+    )
+
+
+class ProviderDefaultsConfig(DeploymentConfig):
+    """A named provider clients address as ``NAME/UPSTREAM-MODEL`` (``providers:`` section).
+
+    Every deployment key applies to the deployments built from it, but ``id`` and ``model``: the
+    upstream model is the rest of the requested id. ``provider`` defaults to the section's name.
+    """
+
+    models: list[str] = Field(
+        min_length=1, description="upstream model names or globs clients may ask for; `*` allows all"
+    )
+
+    @model_validator(mode="after")
+    def _no_model(self) -> ProviderDefaultsConfig:
+        if self.model is not None or self.id is not None:
+            raise ValueError("id and model are not set here: the requested id names the upstream model")
+        return self
+
+
+class RoutingRuleConfig(_Strict):
+    """A routing rule of the configuration: model names matching ``match`` or ``prefix`` go to ``model``."""
+
+    match: str | None = Field(None, min_length=1, description="an exact model name or a glob (*, ?, [...])")
+    prefix: str | None = Field(None, min_length=1, description="model names that start with this")
+    model: str = Field(min_length=1, description="the model name, alias or provider/model id to use")
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> RoutingRuleConfig:
+        if (self.match is None) == (self.prefix is None):
+            raise ValueError("set exactly one of match and prefix")
+        return self
+
+
+class RoutingConfig(_Strict):
+    """Routing of model names that are neither a model nor an alias."""
+
+    rules: list[RoutingRuleConfig] = Field(
+        default_factory=list, description="tried in order, after the database's rules"
+    )
 
 
 class ModelGroupConfig(_Strict):
@@ -79,6 +208,36 @@ class ModelGroupConfig(_Strict):
     aliases: list[str] = Field(default_factory=list)
     strategy: str = "round_robin"
     owned_by: str = "lockgate"
+    retry: RetryConfig | None = Field(None, description="this group's retry policy; default resilience.retry")
+    fallbacks: list[str] | None = Field(
+        None, description="model groups tried in order when this one fails; default resilience.fallbacks"
+    )
+    context_window_fallbacks: list[str] | None = Field(
+        None, description="model groups tried when the prompt is too long for this one"
+    )
+    deadline: float | None = Field(
+        None, gt=0, description="seconds for the whole request; default resilience.deadline"
+    )
+
+
+class ResilienceConfig(_Strict):
+    """Defaults of the retry, fallback and deadline policy of every model group."""
+
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="seconds for a whole request, retries included (streams: until the first event); "
+        "none = only the upstream timeouts bound it",
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="model group (or glob) → groups tried in order when it fails",
+    )
+    context_window_fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="model group (or glob) → groups tried when the prompt is too long for it",
+    )
 
 
 class ServerConfig(_Strict):
@@ -223,6 +382,117 @@ class AdminConfig(_Strict):
     refresh_token_days: int = Field(7, gt=0)
 
 
+class UsageConfig(_Strict):
+    """The usage log: one record per request, written to the database in batches off the request path."""
+
+    enabled: bool | None = Field(None, description="default: on when there is a `database` section")
+    batch_size: int = Field(500, ge=1, le=5000, description="records written per transaction at most")
+    flush_seconds: float = Field(
+        1.0, gt=0, le=300, description="longest wait before a partial batch is written"
+    )
+    queue_size: int = Field(
+        10_000, ge=1, description="records held in memory for the writer; beyond, they go to the spool"
+    )
+    spool_dir: str = Field(
+        "var/usage-spool",
+        description="folder of the spool files (JSON lines) kept while the database is unreachable; "
+        "relative to the config file's folder",
+    )
+    retention_days: int | None = Field(
+        90, ge=1, description="days raw records are kept; none = forever (hourly rollups are kept apart)"
+    )
+    rollup_retention_days: int | None = Field(
+        730, ge=1, description="days hourly rollups are kept; none = forever"
+    )
+    store_prompts: bool = Field(
+        False, description="record prompt and answer text: not supported, only false is accepted"
+    )
+
+    @field_validator("store_prompts")
+    @classmethod
+    def _no_prompts(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("only false is supported: the usage log never stores prompt or answer text")
+        return value
+
+    def active(self, has_database: bool) -> bool:
+        """Whether usage is recorded: on by default when there is a database, never without one."""
+        return has_database and (self.enabled is None or self.enabled)
+
+    def resolved_spool_dir(self, base: Path) -> Path:
+        """The spool folder, a relative path resolved against ``base`` (the config file's folder)."""
+        path = Path(os.path.expanduser(self.spool_dir))
+        return path if path.is_absolute() else (base / path).resolve()
+
+
+class BreakerConfig(_Strict):
+    """When a deployment's circuit breaker opens, and for how long."""
+
+    failures: int = Field(5, ge=1, description="failures within `window` seconds that open the breaker")
+    window: float = Field(
+        30.0, gt=0, description="seconds of the sliding window failures and requests are counted in"
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="share of failed requests in the window that opens the breaker"
+    )
+    min_requests: int = Field(
+        20, ge=1, description="requests in the window before `failure_rate` is considered"
+    )
+    cooldown: float = Field(30.0, gt=0, description="seconds the breaker stays open the first time")
+    max_cooldown: float = Field(
+        300.0, gt=0, description="longest open period: the cooldown doubles on each reopening up to this"
+    )
+    half_open_probes: int = Field(
+        1, ge=1, description="requests let through at once when the cooldown is over (half-open)"
+    )
+    probe_timeout: float = Field(
+        60.0, gt=0, description="seconds after which a probe that reported no result frees its slot"
+    )
+
+    @model_validator(mode="after")
+    def _cooldown_bounds(self) -> BreakerConfig:
+        if self.cooldown > self.max_cooldown:
+            raise ValueError("cooldown must not exceed max_cooldown")
+        return self
+
+
+class OutlierConfig(_Strict):
+    """Passive outlier detection: eject a deployment failing far more than the rest of its group."""
+
+    enabled: bool = True
+    factor: float = Field(
+        3.0, gt=1, description="eject when the error rate exceeds the rest of the group's by this factor"
+    )
+    min_requests: int = Field(
+        10, ge=1, description="requests in the window, of the deployment and of the rest, before judging"
+    )
+    min_error_rate: float = Field(
+        0.2, gt=0, le=1, description="error rate below which a deployment is never ejected"
+    )
+    max_ejected_share: float = Field(
+        0.5, ge=0, lt=1, description="largest share of a group's deployments ejected at once"
+    )
+
+
+class ActiveCheckConfig(_Strict):
+    """Active health checks: a minimal request to each deployment at a fixed interval."""
+
+    enabled: bool = Field(False, description="check every deployment (a deployment's health_check overrides)")
+    interval: float = Field(30.0, gt=0, description="seconds between two checks of a deployment")
+    timeout: float = Field(10.0, gt=0, description="seconds a check may take before it counts as failed")
+
+
+class HealthConfig(_Strict):
+    """Deployment health: circuit breakers, outlier detection, active checks and 429 cool-downs."""
+
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    active: ActiveCheckConfig = Field(default_factory=ActiveCheckConfig)
+    max_retry_after: float = Field(
+        300.0, gt=0, description="longest cool-down a 429's Retry-After can impose on a deployment"
+    )
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
@@ -235,9 +505,49 @@ class GatewayConfig(_Strict):
     secrets: SecretsConfig | None = None
     redis: RedisConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    #: Named providers clients address as ``NAME/UPSTREAM-MODEL``.
+    providers: dict[str, ProviderDefaultsConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    #: Named lists of outbound proxies deployments share (``proxy_pool: NAME``).
+    proxy_pools: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
 
     _source: str = PrivateAttr("<config>")
     _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_named_by_section(cls, data: Any) -> Any:
+        providers = data.get("providers") if isinstance(data, dict) else None
+        if isinstance(providers, dict):
+            data["providers"] = {
+                name: {"provider": name, **section}
+                if isinstance(section, dict) and "provider" not in section
+                else section
+                for name, section in providers.items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        problems = [
+            f"providers.{name}: a provider name cannot contain '/'" for name in self.providers if "/" in name
+        ]
+        places: list[tuple[str, DeploymentConfig]] = [
+            (f"models.{group}.deployments[{index}]", deployment)
+            for group, config in self.models.items()
+            for index, deployment in enumerate(config.deployments)
+        ]
+        places += [(f"providers.{name}", section) for name, section in self.providers.items()]
+        for where, deployment in places:
+            if deployment.proxy_pool is not None and deployment.proxy_pool not in self.proxy_pools:
+                problems.append(f"{where}.proxy_pool: no proxy pool is named {deployment.proxy_pool!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def source(self) -> str:
@@ -370,6 +680,20 @@ def _drop_unset_optional_deployments(data: dict[str, Any], unset: dict[tuple[str
             del models[group_name]
 
 
+def _drop_unset_optional_providers(data: dict[str, Any], unset: dict[tuple[str | int, ...], str]) -> None:
+    providers = data.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for name, section in list(providers.items()):
+        prefix = ("providers", str(name))
+        missing = sorted({var for path, var in unset.items() if path[:2] == prefix})
+        if missing and isinstance(section, dict) and section.get("optional") is True:
+            log.info("provider %r is off: %s not set", name, ", ".join(missing))
+            for path in [p for p in unset if p[:2] == prefix]:
+                del unset[path]
+            del providers[name]
+
+
 def parse_config(
     data: Mapping[str, Any] | None, *, source: str = "<config>", base: Path | None = None
 ) -> GatewayConfig:
@@ -384,6 +708,7 @@ def parse_config(
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     _drop_unset_optional_deployments(resolved, unset)
+    _drop_unset_optional_providers(resolved, unset)
     if unset:
         lines = [f"{source}: invalid configuration"]
         lines += [f"  {_dotted(path)}: environment variable {var} is not set" for path, var in unset.items()]

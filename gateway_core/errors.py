@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
+        #: The upstream's HTTP status when this error stands for an upstream's error answer.
+        self.upstream_status: int | None = None
 
     def openai_body(self) -> bytes:
         return orjson.dumps(
@@ -86,6 +89,25 @@ def model_not_allowed(model: str) -> GatewayError:
 
 def upstream_error(message: str, *, status: int = 502, code: str = "upstream_error") -> GatewayError:
     return GatewayError(status, message, type="server_error" if status < 504 else "timeout", code=code)
+
+
+class DeploymentLimited(GatewayError):
+    """Every credential of a deployment (or the deployment itself) is at its RPM/TPM limit.
+
+    The pipeline takes it as "try another deployment"; ``retry_after`` is the number of seconds until
+    the deployment can take a call again.
+    """
+
+    def __init__(self, deployment: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            429,
+            f"The deployment {deployment} is at its rate limit; retry in {seconds}s.",
+            type="rate_limit_error",
+            code="deployment_rate_limited",
+            headers={"Retry-After": str(seconds)},
+        )
+        self.retry_after = retry_after
 
 
 def error_payload_from(body: bytes) -> dict[str, Any] | None:

@@ -9,8 +9,10 @@ caller: :meth:`Events.publish` logs it and still delivers locally, the listener 
 back-off, and after a reconnection every :meth:`Events.on_reconnect` callback runs so subscribers can
 drop or reload what they cache (messages published while the connection was down are lost).
 
-Channels in use: ``lockgate:keys`` (API key changes, read by the ``api_keys`` plugin) and
-``lockgate:deployments`` (deployments and routing rules changed: every gateway reloads its models).
+Channels in use: ``lockgate:keys`` (API key changes, read by the ``api_keys`` plugin),
+``lockgate:deployments`` (deployments and routing rules changed: every gateway reloads its models),
+``lockgate:health`` (a deployment's circuit breaker changed: every gateway applies the new state) and
+``lockgate:prices`` (price overrides changed: every gateway reloads them).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ log = logging.getLogger("lockgate.events")
 DEPLOYMENTS_CHANNEL = "lockgate:deployments"
 #: API keys, users or organizations changed: every gateway drops the keys named from its cache.
 KEYS_CHANNEL = "lockgate:keys"
+#: A deployment's circuit breaker or cool-down changed: every gateway applies the new state.
+HEALTH_CHANNEL = "lockgate:health"
+#: Price overrides changed in the database: every gateway reloads them into its price table.
+PRICES_CHANNEL = "lockgate:prices"
 
 #: A subscriber: called with the message (a dict); may be ``async``.
 Callback = Callable[[dict[str, Any]], Any]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gateway_core.balancing import Balancer
@@ -19,26 +19,35 @@ from gateway_core.errors import (
     model_not_found,
 )
 from gateway_core.events import DEPLOYMENTS_CHANNEL, Events
+from gateway_core.health import HealthTracker
 from gateway_core.http import HttpClient
+from gateway_core.limits import Counters
 from gateway_core.plugins import PluginHost
+from gateway_core.pricing import PriceTable
 from gateway_core.providers import Provider
 from gateway_core.registry import Registry
+from gateway_core.resilience import Policies
 from gateway_core.routes import ExtraRoute
 from gateway_core.routing import (
     Deployment,
     ModelGroup,
+    ProviderRoutes,
     RoutingRules,
     build_deployment,
     build_model_groups,
+    config_rule_patterns,
     distinct_groups,
     merge_model_groups,
+    resolve_rules,
 )
 from gateway_core.types import Principal, RequestContext
 
 if TYPE_CHECKING:
+    from gateway_core.balancer_sync import BalancerSync
     from gateway_core.store.database import Database
     from gateway_core.store.kv import SharedRedis
     from gateway_core.store.secrets import SecretBox
+    from gateway_core.usage.log import UsageLog
 
 log = logging.getLogger("lockgate")
 
@@ -69,14 +78,34 @@ class Gateway:
             config, self.providers, self.balancers, self.http
         )
         self._config_models = self.models
-        #: Routing rules from the database, tried when a name is neither a model nor an alias.
-        self.routing_rules = RoutingRules()
+        #: ``provider/model`` ids of the ``providers`` section, built on first use.
+        self.provider_routes = ProviderRoutes(config, self.providers, self.balancers, self.http)
+        #: Retry, fallback and deadline policies of the model groups.
+        self.resilience = Policies(config)
+        self._check_fallbacks()
+        #: Prices of the deployments' models (table file, config and run-time overrides).
+        self.pricing = PriceTable(config.pricing, config.base_dir)
+        #: Routing rules (the database's, then the configuration's), tried when a name is neither a
+        #: model, an alias nor a ``provider/model`` id.
+        self.routing_rules = self._config_routing_rules()
         #: The SQL database (None without a ``database`` section).
         self.database: Database | None = None
         if config.database is not None:
             from gateway_core.store.database import Database
 
             self.database = Database.from_config(config)
+        #: One record per request, written in batches (None without a database or with usage disabled).
+        self.usage_log: UsageLog | None = None
+        if self.database is not None and config.usage.active(has_database=True):
+            from gateway_core.usage.log import UsageLog
+
+            self.usage_log = UsageLog(
+                self.database,
+                config.usage,
+                config.usage.resolved_spool_dir(config.base_dir),
+                # Past this, what is left goes to the spool: fast, and within the orchestrator's patience.
+                stop_timeout=min(max(config.server.graceful_timeout, 1.0), 10.0),
+            )
         #: Encrypts provider API keys stored in the database (None without ``secrets.key``).
         self.secret_box: SecretBox | None = None
         if config.secrets is not None:
@@ -92,6 +121,18 @@ class Gateway:
             from gateway_core.store.kv import SharedRedis
 
             self.redis = SharedRedis(config.redis)
+        #: Counters of rate limits, quotas and budgets: in Redis when configured (global), else in memory.
+        self.counters = Counters(
+            self.redis, on_outage=config.redis.on_outage if config.redis is not None else "open"
+        )
+        #: Circuit breakers, cool-downs, outlier detection and active checks of the deployments.
+        self.health = HealthTracker(self)
+        #: Shares balancers' in-flight counts and latencies with the other replicas (with Redis).
+        self.balancer_sync: BalancerSync | None = None
+        if self.redis is not None:
+            from gateway_core.balancer_sync import BalancerSync
+
+            self.balancer_sync = BalancerSync(self.redis, self.groups)
         if self.database is not None:
             self.events.subscribe(DEPLOYMENTS_CHANNEL, self._deployments_changed)
             # Deployments may have changed while the database or Redis was out of reach.
@@ -104,6 +145,34 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         #: Deployments built from database records, by record id and last update (reused on reload).
         self._record_deployments: dict[tuple[str, str], Deployment] = {}
+
+    def _config_routing_rules(self) -> RoutingRules:
+        """The configuration's routing rules; a target naming no model is a mistake, unless the
+        database may define it (the rule then waits for it)."""
+        rules, missing = resolve_rules(config_rule_patterns(self.config), self._rule_target(self.models))
+        if missing and self.config.database is None:
+            raise ConfigError(
+                f"{self.config.source}: routing.rules name models that do not exist: "
+                f"{', '.join(sorted(set(missing)))}"
+            )
+        return RoutingRules(rules)
+
+    def _rule_target(self, table: dict[str, ModelGroup]) -> Callable[[str], ModelGroup | None]:
+        def resolve(name: str) -> ModelGroup | None:
+            return table.get(name) or self.provider_routes.match(name)
+
+        return resolve
+
+    def _check_fallbacks(self) -> None:
+        """A fallback naming no configured model is a mistake, unless the database may define it."""
+        unknown = sorted(name for name in self.resilience.targets() if name not in self.models)
+        if not unknown:
+            return
+        if self.config.database is None:
+            raise ConfigError(
+                f"{self.config.source}: fallbacks name models that do not exist: {', '.join(unknown)}"
+            )
+        log.warning("fallbacks name models not in the configuration (yet): %s", ", ".join(unknown))
 
     # --- life cycle -----------------------------------------------------------------------------------
 
@@ -119,8 +188,13 @@ class Gateway:
                 await self.redis.start()
             if self.database is not None:
                 await self.reload_models()
+            await self.health.start()
+            if self.balancer_sync is not None:
+                self.balancer_sync.start()
             await self.plugins.call_all("lockgate_startup", gateway=self)
             await self.events.wait_subscribed()
+            if self.usage_log is not None:
+                await self.usage_log.start()
         except BaseException:
             await self._close_resources()
             raise
@@ -135,13 +209,19 @@ class Gateway:
         self.ready = False
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.config.server.graceful_timeout or None)
+        if self.usage_log is not None:  # store (or spool) every record while the database is open
+            await self.usage_log.stop()
         try:
             await self.plugins.call_each("lockgate_shutdown", gateway=self)
+            await self.counters.stop()
         finally:
             await self._close_resources()
 
     async def _close_resources(self) -> None:
         try:
+            if self.balancer_sync is not None:
+                await self.balancer_sync.stop()
+            await self.health.stop()
             await self.events.stop()
             if self.redis is not None:
                 await self.redis.stop()
@@ -209,6 +289,7 @@ class Gateway:
                 log.warning("deployments not reloaded, the current ones stay in use: %s", exc)
                 return False
             self.models, self.routing_rules = self._merge_records(records, rules)
+            self.health.refresh()
         extra = sum(1 for group in self.groups() for d in group.deployments if d.id.startswith("db:"))
         log.info(
             "models loaded: %d model(s), %d deployment(s) and %d routing rule(s) from the database",
@@ -256,16 +337,20 @@ class Gateway:
         self._record_deployments = built
         table = merge_model_groups(self._config_models, additions, self.balancers)
         compiled: list[tuple[str, ModelGroup]] = []
+        resolve = self._rule_target(table)
         for rule in rules:
             pattern, target_name = rule.pattern.strip(), rule.target.strip()
-            group = table.get(target_name)
+            group = resolve(target_name)
             if not pattern:
                 log.error("routing rule %s skipped: the pattern is empty", rule.id)
             elif group is None:
                 log.error("routing rule %s skipped: no model or alias is named %r", rule.id, target_name)
             else:
                 compiled.append((pattern, group))
-        return table, RoutingRules(compiled)
+        configured, missing = resolve_rules(config_rule_patterns(self.config), resolve)
+        for name in missing:
+            log.error("configured routing rule skipped: no model or alias is named %r", name)
+        return table, RoutingRules([*compiled, *configured])
 
     def _deployments_changed(self, message: dict[str, Any]) -> Coroutine[Any, Any, bool]:
         return self.reload_models()
@@ -294,6 +379,11 @@ class Gateway:
         if self.events.mode == "redis":
             body["events"] = "ok" if self.events.connected else "unavailable"
             degraded = degraded or not self.events.connected
+        if self.redis is not None:
+            body["limits"] = self.counters.status()
+            degraded = degraded or not self.counters.healthy
+        if self.usage_log is not None:
+            body["usage"] = self.usage_log.status()
         if is_ready and degraded:
             body["status"] = "degraded"
         return is_ready, body

@@ -165,7 +165,9 @@ async def post(
             body = b""
         finally:
             response.release()
-        raise decode_error(response.status, body, response.headers, provider)
+        error = decode_error(response.status, body, response.headers, provider)
+        error.upstream_status = response.status
+        raise error
     return response
 
 

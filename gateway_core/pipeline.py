@@ -19,9 +19,12 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
 from gateway_core.gateway import Gateway
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
+from gateway_core.resilience import HEALTH_FAILURES, classify
+from gateway_core.routing import Deployment
 from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
 
 log = logging.getLogger("lockgate.pipeline")
@@ -282,6 +285,10 @@ class WireFormat:
     def error_body(self, error: GatewayError) -> bytes:
         return error.openai_body()
 
+    def stream_mode(self, stream: ChatStream) -> StreamMode:
+        """How :meth:`write_stream` reads ``stream``: its SSE bytes, or its canonical chunks."""
+        return "bytes"
+
     def encode(self, ctx: RequestContext, result: CompletedResponse) -> bytes:
         return result.body
 
@@ -296,21 +303,45 @@ OPENAI = WireFormat()
 
 
 async def send_error(
-    send: Send, error: GatewayError, wire: WireFormat = OPENAI, request_id: bytes | None = None
+    send: Send,
+    error: GatewayError,
+    wire: WireFormat = OPENAI,
+    request_id: bytes | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     body = wire.error_body(error)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     if request_id is not None:
         headers.append((b"x-request-id", request_id))
+    if extra:
+        headers += extra
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+def _context_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    """``x-lockgate-attempts`` (once a call was made) and the headers policies asked for."""
+    out: list[tuple[bytes, bytes]] = []
+    if ctx.attempts:
+        out.append(
+            (
+                b"x-lockgate-attempts",
+                _ATTEMPTS[ctx.attempts] if ctx.attempts < 10 else str(ctx.attempts).encode(),
+            )
+        )
+    if ctx.response_headers:
+        out += [(k.lower().encode(), v.encode()) for k, v in ctx.response_headers.items()]
+    return out
+
+
+_ATTEMPTS = [str(number).encode() for number in range(10)]
+
+
 def _finish(
     ctx: RequestContext, status: int, error: GatewayError | None, usage: Usage | None, settle: bool
 ) -> None:
-    """Record the outcome once, free the deployment and settle policies off the request path."""
+    """Record the outcome once: free the deployment, price the usage, log it, settle policies."""
     if ctx.finished is not None:
         return
     ctx.finished = time.perf_counter()
@@ -320,13 +351,43 @@ def _finish(
         ctx.error_type = error.type
     elif status == CLIENT_CLOSED:
         ctx.error_type = "client_closed_request"
+    gateway = ctx.gateway
     deployment = ctx.deployment
     if deployment is not None:
-        deployment.in_flight -= 1
-        if ctx.group is not None:
-            ctx.group.balancer.release(deployment, ctx)
-    if settle and ctx.gateway.plugins.has_settle:
-        ctx.gateway.spawn(ctx.gateway.settle(ctx))
+        release_attempt(ctx)
+        price = gateway.pricing.price_of(deployment)
+        if price is None:
+            ctx.price_known = False
+        elif usage is not None:
+            ctx.cost = price.cost(usage)
+        if deployment.needs_settle:
+            gateway.spawn(deployment.settle(ctx))
+    if gateway.usage_log is not None:
+        gateway.usage_log.record(ctx)
+    if settle and gateway.plugins.has_settle:
+        gateway.spawn(gateway.settle(ctx))
+
+
+async def _chat(deployment: Deployment, call: ProviderCall) -> CompletedResponse | ChatStream:
+    return await deployment.provider.chat(call)
+
+
+async def _embeddings(deployment: Deployment, call: ProviderCall) -> CompletedResponse:
+    return await deployment.provider.embeddings(call)
+
+
+async def _count_tokens(deployment: Deployment, call: ProviderCall) -> CompletedResponse:
+    count = await deployment.provider.count_tokens(call)
+    return CompletedResponse(orjson.dumps({"input_tokens": count}))
+
+
+_ENDPOINT_CALLS: dict[
+    Endpoint, Callable[[Deployment, ProviderCall], Awaitable[CompletedResponse | ChatStream]]
+] = {
+    "chat": _chat,
+    "embeddings": _embeddings,
+    "count_tokens": _count_tokens,
+}
 
 
 class ModelEndpoint:
@@ -365,26 +426,23 @@ class ModelEndpoint:
             settle = True
             if gateway.plugins.has_policies:
                 await gateway.check_policies(ctx)
-            deployment = group.balancer.choose(ctx, group.deployments)
-            ctx.deployment = deployment
-            deployment.in_flight += 1
-            provider = deployment.provider
-            if decoded.untranslatable is not None and wire.name not in provider.native_dialects:
-                raise decoded.untranslatable
-            call = ProviderCall(
-                ctx,
-                body,
-                raw if decoded.keep_raw else None,
-                deployment.upstream_model,
-                None if wire is OPENAI else client_body,
-            )
-            if self.endpoint == "chat":
-                result = await provider.chat(call)
-            elif self.endpoint == "embeddings":
-                result = await provider.embeddings(call)
-            else:
-                count = await provider.count_tokens(call)
-                result = CompletedResponse(orjson.dumps({"input_tokens": count}))
+            wire_name = wire.name
+            keep_raw = raw if decoded.keep_raw else None
+            native_body = None if wire is OPENAI else client_body
+
+            def make_call(deployment: Deployment) -> ProviderCall:
+                if (
+                    decoded.untranslatable is not None
+                    and wire_name not in deployment.provider.native_dialects
+                ):
+                    raise decoded.untranslatable
+                return ProviderCall(ctx, body, keep_raw, deployment.upstream_model, native_body)
+
+            policy = gateway.resilience.for_group(group.name)
+            attempts = Attempts(ctx, make_call, _ENDPOINT_CALLS[self.endpoint], wire.stream_mode, policy)
+            result = await attempts.serve(group, policy)
+            deployment = ctx.deployment
+            assert deployment is not None
             if isinstance(result, CompletedResponse):
                 answer = wire.encode(ctx, result)
                 _finish(ctx, 200, None, result.usage, settle)
@@ -395,6 +453,7 @@ class ModelEndpoint:
                     id_header,
                 ]
                 response_headers += [(k.encode(), v.encode()) for k, v in result.headers.items()]
+                response_headers += _context_headers(ctx)
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
                 await send({"type": "http.response.body", "body": answer})
             else:
@@ -402,7 +461,10 @@ class ModelEndpoint:
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
             if body_read or await self._drain(receive, headers):
-                await send_error(send, error, wire, id_header[1])
+                extra = _context_headers(ctx)
+                if ctx.deployment is not None:
+                    extra.append((b"x-lockgate-deployment", ctx.deployment.header_value))
+                await send_error(send, error, wire, id_header[1], extra)
         except ClientDisconnected:
             pass
         except asyncio.CancelledError:
@@ -450,6 +512,7 @@ class ModelEndpoint:
         if ctx.deployment is not None:
             headers.append((b"x-lockgate-deployment", ctx.deployment.header_value))
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
+        headers += _context_headers(ctx)
 
         async def write(event: bytes) -> None:
             if ctx.first_byte is None:
@@ -465,6 +528,10 @@ class ModelEndpoint:
             # A cancel leaves ctx.finished unset here; the caller records the client's leaving.
             if not _current_task_cancelling():
                 error = stream.error
+                if error is not None and ctx.deployment is not None:
+                    failure = classify(error)
+                    if failure in HEALTH_FAILURES:  # broke mid-stream: too late to retry, not to count
+                        ctx.gateway.health.failure(ctx.deployment, str(failure), None)
                 _finish(ctx, error.status if error else 200, error, stream.usage, settle)
             else:
                 ctx.usage = stream.usage

@@ -7,20 +7,24 @@ per configured deployment, so per-deployment work (URLs, headers, timeouts) is d
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from gateway_core.credentials import Credential, CredentialPool
 from gateway_core.errors import ConfigError, GatewayError
 from gateway_core.http import ErrorDecoder, client_timeout, error_from_upstream, post
+from gateway_core.proxies import proxies_of
 from gateway_core.types import Dialect, RequestContext, Usage
 
 if TYPE_CHECKING:
     from gateway_core.config import DeploymentConfig
+    from gateway_core.gateway import Gateway
     from gateway_core.http import HttpClient
 
 
@@ -118,6 +122,24 @@ class Provider:
         self.options = options
         self.http = http
         self.timeout = client_timeout(deployment.timeout)
+        #: The deployment's credentials (one unless it lists ``credentials``); see :meth:`credential`.
+        self.credentials = CredentialPool(self, deployment)
+        #: The deployment's outbound proxies (None: direct connections).
+        self.proxies = proxies_of(deployment, http)
+
+    def prepare_credential(self, credential: Credential) -> Any:
+        """What calls with ``credential`` need, built once at start-up (a header dict, a token source).
+
+        Stored as ``credential.auth``. Raise ``ConfigError`` for a credential that cannot work (a
+        required key missing). The default prepares nothing.
+        """
+        return None
+
+    async def credential(self, ctx: RequestContext) -> Credential:
+        """The credential for one upstream request, chosen from the deployment's pool with its RPM
+        taken and TPM checked; raises :class:`~gateway_core.errors.DeploymentLimited` when none has
+        room. Call it once per upstream request, right before :meth:`send`."""
+        return await self.credentials.acquire(ctx)
 
     async def send(
         self,
@@ -126,26 +148,45 @@ class Provider:
         headers: Mapping[str, str],
         decode_error: ErrorDecoder = error_from_upstream,
     ) -> aiohttp.ClientResponse:
-        """POST ``payload`` with this deployment's timeouts and proxy; error answers raise.
+        """POST ``payload`` with this deployment's timeouts and proxies; error answers raise.
 
-        See :func:`gateway_core.http.post`: the caller owns the returned response.
+        See :func:`gateway_core.http.post`: the caller owns the returned response. When connecting
+        to a proxy fails, the call is made again through the deployment's next proxy.
         """
-        return await post(
-            self.http,
-            url,
-            payload,
-            headers=headers,
-            timeouts=self.timeout,
-            proxy=self.deployment.proxy,
-            provider=self.name,
-            decode_error=decode_error,
-        )
+        proxies = self.proxies
+        failures = 0
+        while True:
+            proxy = proxies.current() if proxies is not None else None
+            try:
+                return await post(
+                    self.http,
+                    url,
+                    payload,
+                    headers=headers,
+                    timeouts=self.timeout,
+                    proxy=proxy,
+                    provider=self.name,
+                    decode_error=decode_error,
+                )
+            except GatewayError as error:
+                # Through a proxy, only connecting to the proxy fails this way: nothing was sent.
+                if proxies is None or proxy is None or error.code != "upstream_unreachable":
+                    raise
+                proxies.failed(proxy)
+                failures += 1
+                if failures >= len(proxies):
+                    raise
 
-    def api_key(self, *fallback_env: str, required: bool | None = None) -> str | None:
-        """The deployment's ``api_key``, else the first set of :attr:`api_key_env` and ``fallback_env``.
+    def api_key(
+        self, *fallback_env: str, required: bool | None = None, credential: Credential | None = None
+    ) -> str | None:
+        """The key of ``credential`` (its own, else the deployment's ``api_key``), else the first set
+        of :attr:`api_key_env` and ``fallback_env``.
 
         With ``required`` (default: :attr:`requires_api_key`) a missing key is a start-up error.
         """
+        if credential is not None and credential.api_key is not None:
+            return credential.api_key
         if self.deployment.api_key is not None:
             return self.deployment.api_key.get_secret_value()
         names = [name for name in (self.api_key_env, *fallback_env) if name]
@@ -167,6 +208,28 @@ class Provider:
             param="model",
             code="unsupported_endpoint",
         )
+
+    async def health_check(self) -> None:
+        """Raise :class:`GatewayError` when the deployment cannot answer now (active health checks).
+
+        The default sends the smallest valid chat request (one ``ping`` message, ``max_tokens: 1``)
+        through :meth:`chat`, with a context of its own that belongs to no client request. Providers
+        with a cheaper probe (a status endpoint, a model listing) override it. The caller bounds the
+        time it may take.
+        """
+        model = self.deployment.model or ""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+        }
+        # No client request stands behind a check: the context has no gateway.
+        ctx = RequestContext(
+            cast("Gateway", None), f"health_{uuid.uuid4().hex}", "chat", "openai", {}, body=body, model=model
+        )
+        result = await self.chat(ProviderCall(ctx, body, None, model))
+        if isinstance(result, ChatStream):
+            result.close()
 
     async def count_tokens(self, call: ProviderCall) -> int:
         """Input tokens of a chat request, for ``/v1/messages/count_tokens``.

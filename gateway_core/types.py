@@ -89,6 +89,8 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     finished: float | None = None
+    #: Whether ``deployment`` is still counted as in use by this request (freed when the call ends).
+    holding: bool = False
     #: Calls made to upstream deployments for this request (retries and fallbacks included).
     attempts: int = 0
     #: The cost in USD of the call that served the request, from the price table; None when the
@@ -96,5 +98,7 @@ class RequestContext:
     cost: Decimal | None = None
     #: False when the served deployment has no known price (its cost is unknown, not zero).
     price_known: bool = True
+    #: Extra headers for the client's answer (success or error), e.g. ``x-ratelimit-*`` set by policies.
+    response_headers: dict[str, str] = field(default_factory=dict)
     #: Free space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)

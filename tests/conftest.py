@@ -11,6 +11,7 @@ import pytest
 
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
 from tests.fakes import FakeOpenAI
+from tests.one_call import one_call
 
 #: A second gateway key that may only use the mock models.
 MOCK_ONLY_KEY = "lg-mock-only-key-0123456789abcdef"
@@ -76,7 +77,7 @@ def refused_port() -> Iterator[int]:
 
 @pytest.fixture(scope="session")
 def gateway(fake_upstream: FakeOpenAI, refused_port: int) -> Iterator[GatewayServer]:
-    with GatewayServer(gateway_config(fake_upstream, refused_port)) as server:
+    with GatewayServer(one_call(gateway_config(fake_upstream, refused_port))) as server:
         yield server
 
 

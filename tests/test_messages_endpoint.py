@@ -23,6 +23,7 @@ from tests.fakes import FakeOpenAI
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text_block, tool_use_block
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.fakes.gemini_upstream import Reply as GeminiReply
+from tests.one_call import one_call
 
 CLAUDE = "claude-sonnet-4-5"
 MOCK_ONLY_KEY = "lg-messages-mock-only-0123456789abcdef"
@@ -110,7 +111,7 @@ def gateway_url(
             }
         },
     }
-    with GatewayServer(config) as server:
+    with GatewayServer(one_call(config)) as server:
         yield server.url
 
 

@@ -21,6 +21,7 @@ from openai.types.chat import (
 from gateway_core.testing import GatewayServer
 from tests.chat_completions import finish_chunks, function_calls, streamed_text, user
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text_block, tool_use_block
+from tests.one_call import one_call
 
 UPSTREAM_MODEL = "claude-sonnet-4-5"
 
@@ -79,7 +80,7 @@ def claude_gateway(anthropic_upstream: FakeAnthropic) -> Iterator[GatewayServer]
             "claude-typo": deployment(model="claud-sonnet"),
         }
     }
-    with GatewayServer(config) as server:
+    with GatewayServer(one_call(config)) as server:
         yield server
 
 

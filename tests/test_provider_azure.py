@@ -22,6 +22,7 @@ from gateway_core.testing import GatewayServer
 from tests.chat_completions import user
 from tests.fakes.azure_upstream import FILTERED_WORD, FakeAzureOpenAI
 from tests.fakes.openai_upstream import embedding_for
+from tests.one_call import one_call
 
 API_VERSION = "2024-10-21"
 
@@ -61,7 +62,7 @@ def azure_gateway(azure_upstream: FakeAzureOpenAI) -> Iterator[GatewayServer]:
             "gpt-4o-bad-key": deployment("chat-4o", api_key="ffffffffffffffffffffffffffffffff"),
         }
     }
-    with GatewayServer(config) as server:
+    with GatewayServer(one_call(config)) as server:
         yield server
 
 

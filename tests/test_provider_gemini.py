@@ -25,6 +25,7 @@ from gateway_core.testing import GatewayServer
 from tests.chat_completions import finish_chunks, function_calls, streamed_text, user
 from tests.fakes.gemini_upstream import FakeGemini, Reply
 from tests.fakes.openai_upstream import embedding_for
+from tests.one_call import one_call
 
 WEATHER: ChatCompletionToolParam = {
     "type": "function",
@@ -79,7 +80,7 @@ def gemini_gateway(gemini_upstream: FakeGemini) -> Iterator[GatewayServer]:
             "gemini-embed": deployment("text-embedding-004"),
         }
     }
-    with GatewayServer(config) as server:
+    with GatewayServer(one_call(config)) as server:
         yield server
 
 

@@ -29,6 +29,7 @@ from tests.fakes.google_oauth import (
     make_service_account,
 )
 from tests.fakes.openai_upstream import embedding_for
+from tests.one_call import one_call
 
 PROJECT = "lockgate-test"
 LOCATION = "us-east5"
@@ -71,13 +72,15 @@ def vertex_config(vertex: FakeVertex, account: dict[str, Any]) -> dict[str, Any]
         }
         return {"deployments": [entry]}
 
-    return {
-        "models": {
-            "vertex-gemini": deployment("gemini-2.5-flash"),
-            "vertex-claude": deployment(CLAUDE),
-            "vertex-embed": deployment("text-embedding-005"),
+    return one_call(
+        {
+            "models": {
+                "vertex-gemini": deployment("gemini-2.5-flash"),
+                "vertex-claude": deployment(CLAUDE),
+                "vertex-embed": deployment("text-embedding-005"),
+            }
         }
-    }
+    )
 
 
 def start_gateway(oauth: FakeGoogleOAuth, vertex: FakeVertex, *, trusted: bool = True) -> GatewayServer:

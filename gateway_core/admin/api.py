@@ -60,6 +60,8 @@ class Operation:
     description: str = ""
     #: Error statuses besides the ones every operation can answer (400, 401, 403, 413, 415).
     errors: tuple[int, ...] = ()
+    #: JSON schemas of the path parameters that are not UUIDs, by name.
+    path_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @property
     def operation_id(self) -> str:
@@ -300,7 +302,8 @@ def _check_role(op: Operation, caller: Caller) -> None:
 
 
 def _parse_query(model: type[BaseModel], params: Mapping[str, str]) -> BaseModel:
-    data = {name: value for name, value in params.items() if name in model.model_fields}
+    names = {field.alias or name for name, field in model.model_fields.items()}  # ``from`` is an alias
+    data = {name: value for name, value in params.items() if name in names}
     _reject_nul(data, "")
     try:
         return model.model_validate(data)

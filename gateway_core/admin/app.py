@@ -20,7 +20,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from gateway_core.admin import auth, deployments, docs, keys, organizations, routing_rules, users
+from gateway_core.admin import (
+    auth,
+    billing,
+    deployments,
+    docs,
+    health,
+    keys,
+    organizations,
+    prices,
+    routing_rules,
+    usage,
+    users,
+)
 from gateway_core.admin.api import Caller, Operation, endpoint
 from gateway_core.admin.openapi import PREFIX, build_spec
 from gateway_core.admin.tokens import TokenService, invalid_token, missing_token
@@ -39,8 +51,12 @@ OPERATIONS: list[Operation] = [
     *users.OPERATIONS,
     *organizations.OPERATIONS,
     *keys.OPERATIONS,
+    *health.OPERATIONS,  # before /deployments/{id}, which would take "health" for an id
     *deployments.OPERATIONS,
     *routing_rules.OPERATIONS,
+    *usage.OPERATIONS,
+    *billing.OPERATIONS,
+    *prices.OPERATIONS,
 ]
 
 MIN_SECRET_LENGTH = 32

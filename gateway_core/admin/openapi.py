@@ -37,7 +37,7 @@ def access_text(op: Operation) -> str:
     text = "Any logged-in user" if op.role == "read" else f"Role `{op.role}` or higher"
     if not op.scoped:
         text += ", not bound to an organization"
-    elif op.role != "read" or op.tag in ("users", "organizations", "keys"):
+    elif op.role != "read" or op.tag in ("users", "organizations", "keys", "usage", "balances"):
         text += "; organization-bound users act within their organization tree"
     return text + "."
 
@@ -97,7 +97,7 @@ def build_spec(operations: Sequence[Operation]) -> dict[str, Any]:
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "format": "uuid"},
+                "schema": dict(op.path_params.get(name, {"type": "string", "format": "uuid"})),
             }
             for name in _PATH_PARAM.findall(op.path)
         ]
@@ -151,8 +151,8 @@ def build_spec(operations: Sequence[Operation]) -> dict[str, Any]:
             "title": "Lockgate admin API",
             "version": __version__,
             "description": (
-                "Manage users, organizations, API keys, deployments and routing rules of a Lockgate "
-                "gateway. Log in at `POST /admin/api/auth/login` and send the access token as "
+                "Manage users, organizations, API keys, deployments, routing rules, balances and "
+                "prices of a Lockgate gateway. Log in at `POST /admin/api/auth/login` and send the access token as "
                 "`Authorization: Bearer TOKEN`. Errors are OpenAI-shaped: "
                 '`{"error": {"message", "type", "param", "code"}}`.'
             ),

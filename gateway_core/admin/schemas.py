@@ -376,3 +376,95 @@ class RoutingRuleList(Page[RoutingRule]):
 class RoutingRuleQuery(PageQuery):
     target: Annotated[str, StringConstraints(max_length=200)] | None = None
     enabled: bool | None = None
+
+
+# --- usage ----------------------------------------------------------------------------------------------
+
+_Dimension = Annotated[str, StringConstraints(max_length=200)]
+
+
+class UsageRecord(_Out):
+    """One request: who, which model and deployment, tokens, cost (USD), timing and outcome."""
+
+    id: int
+    request_id: str
+    created_at: datetime = Field(description="when the request started")
+    key_id: str | None
+    user_id: str | None
+    org_id: str | None
+    endpoint: str
+    model: str = Field(description="the model name the client asked for")
+    model_group: str | None
+    deployment_id: str | None
+    provider: str | None
+    upstream_model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost: Decimal | None = Field(description="USD as a decimal string; null when the price is unknown")
+    price_known: bool
+    latency_ms: int
+    ttfb_ms: int | None = Field(description="time to the first byte of a streamed answer")
+    status: int
+    error_type: str | None
+    attempts: int
+    stream: bool
+    dialect: str
+
+
+class UsageRecordList(Page[UsageRecord]):
+    pass
+
+
+class UsageQuery(PageQuery):
+    from_: datetime | None = Field(None, alias="from", description="records of requests started at or after")
+    to: datetime | None = Field(None, description="records of requests started before")
+    key_id: _Dimension | None = None
+    user_id: _Dimension | None = None
+    org_id: _Dimension | None = None
+    model: _Dimension | None = Field(None, description="the model name the client asked for")
+    status: int | None = Field(None, ge=0, le=999, description="the HTTP status of the answer")
+    order: Literal["asc", "desc"] = Field("asc", description="oldest (asc) or newest (desc) first")
+
+
+class UsageStatsQuery(_Body):
+    from_: datetime | None = Field(
+        None, alias="from", description="start of the range, rounded down to its hour; default 24 hours ago"
+    )
+    to: datetime | None = Field(None, description="end of the range (exclusive); default now")
+    interval: Literal["hour", "day", "none"] = Field(
+        "none", description="one row per hour, per day or overall"
+    )
+    group_by: Literal["model", "provider", "key", "user", "org", "none"] = "none"
+    key_id: _Dimension | None = None
+    user_id: _Dimension | None = None
+    org_id: _Dimension | None = None
+    model: _Dimension | None = None
+    provider: _Dimension | None = None
+
+
+class UsageStatsRow(BaseModel):
+    period: datetime | None = Field(description="start of the hour or day; null with interval=none")
+    group: str | None = Field(description="the model, provider, key, user or organization; null for none")
+    requests: int
+    errors: int = Field(description="answers with a status of 400 or more (499: the client left)")
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: Decimal = Field(description="USD of the requests with a known price, as a decimal string")
+    unknown_cost_requests: int = Field(description="requests whose price is unknown (not in cost)")
+    latency_avg_ms: float | None
+    latency_p50_ms: float | None = Field(description="estimated from a histogram (bucket resolution)")
+    latency_p95_ms: float | None = Field(description="estimated from a histogram (bucket resolution)")
+
+
+class UsageStats(BaseModel):
+    object: Literal["usage.stats"] = "usage.stats"
+    start: datetime = Field(description="start of the range counted: `from` rounded down to its hour")
+    end: datetime = Field(description="end of the range counted (exclusive): `to`")
+    interval: Literal["hour", "day", "none"]
+    group_by: Literal["model", "provider", "key", "user", "org", "none"]
+    data: list[UsageStatsRow]

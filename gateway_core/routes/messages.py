@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway_core.attempts import StreamMode
 from gateway_core.dialects import anthropic as dialect
 from gateway_core.errors import GatewayError
 from gateway_core.pipeline import Decoded, WireFormat
@@ -44,6 +45,9 @@ class AnthropicWire(WireFormat):
         if ctx.endpoint == "count_tokens" or result.dialect == "anthropic":
             return result.body
         return orjson.dumps(dialect.encode_messages_response(orjson.loads(result.body), model=ctx.model))
+
+    def stream_mode(self, stream: ChatStream) -> StreamMode:
+        return "bytes" if stream.dialect == "anthropic" else "chunks"
 
     async def write_stream(
         self, ctx: RequestContext, stream: ChatStream, write: Callable[[bytes], Awaitable[None]]

@@ -171,7 +171,8 @@ class SharedRedis:
                 connecting = asyncio.open_unix_connection(parts.path)
             else:
                 connecting = asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379)
-            _, writer = await asyncio.wait_for(connecting, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                _, writer = await connecting
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,8 @@ RETRY_SECONDS = 2.0
 WARN_EVERY_SECONDS = 30.0
 #: Longest wait for the final ``last_used_at`` flush at shutdown.
 SHUTDOWN_FLUSH_SECONDS = 5.0
+#: Most organizations above a key's that are loaded for budgets rolled up the tree.
+MAX_ORG_DEPTH = 16
 
 
 class ApiKeysOptions(BaseModel):
@@ -126,12 +128,41 @@ def _budget(record: ApiKey | User | Organization | None) -> dict[str, Any] | Non
     }
 
 
-def principal_for(record: ApiKey) -> Principal:
-    """The principal of a key record loaded with its user and organization (and the user's)."""
-    user: User | None = record.user
+def _owner_settings(record: User | Organization | None, name: str) -> Any:
+    """``metadata[name]`` of a user or organization (their ``limits`` and ``quotas``), or None.
+
+    Users have no metadata column yet: theirs is None until the model gains one.
+    """
+    metadata = getattr(record, "metadata", None)
+    return metadata.get(name) if isinstance(metadata, dict) else None
+
+
+def _ancestor(org: Organization) -> dict[str, Any]:
+    return {
+        "id": str(org.id),
+        "name": org.name,
+        "budget": _budget(org),
+        "quotas": _owner_settings(org, "quotas"),
+        "limits": _owner_settings(org, "limits"),
+    }
+
+
+def organization_of(record: ApiKey) -> Organization | None:
+    """The key's organization, else its user's."""
     org: Organization | None = record.org
-    if org is None and user is not None:
-        org = user.org
+    if org is None and record.user is not None:
+        org = record.user.org
+    return org
+
+
+def principal_for(record: ApiKey, ancestors: Sequence[Organization] = ()) -> Principal:
+    """The principal of a key record loaded with its user and organization (and the user's).
+
+    ``ancestors`` are the organizations above the key's, nearest first: their budgets and quotas
+    apply to the key too (``metadata.org_ancestors``).
+    """
+    user: User | None = record.user
+    org = organization_of(record)
     metadata: dict[str, Any] = dict(record.metadata or {})
     metadata.update(
         key_prefix=record.prefix,
@@ -140,6 +171,11 @@ def principal_for(record: ApiKey) -> Principal:
         org_parent_id=str(org.parent_id) if org is not None and org.parent_id else None,  # type: ignore[attr-defined]
         limits={"rpm": record.rpm_limit, "tpm": record.tpm_limit, "max_parallel": record.max_parallel},
         budgets={"key": _budget(record), "user": _budget(user), "org": _budget(org)},
+        user_limits=_owner_settings(user, "limits"),
+        org_limits=_owner_settings(org, "limits"),
+        user_quotas=_owner_settings(user, "quotas"),
+        org_quotas=_owner_settings(org, "quotas"),
+        org_ancestors=[_ancestor(ancestor) for ancestor in ancestors],
     )
     allowed = record.allowed_models
     return Principal(
@@ -241,6 +277,7 @@ class ApiKeyCache:
                 ApiKey.filter(digest=digest).select_related("user", "org", "user__org").first(),
                 time_limit=self.options.lookup_timeout_seconds,
             )
+            ancestors = await self._ancestors(record) if record is not None else []
         except DatabaseUnavailable as exc:
             self._warn_unavailable(exc)
             raise _Unavailable from None
@@ -251,7 +288,7 @@ class ApiKeyCache:
                 self.unknown[digest] = now + self.options.negative_cache_seconds
             return None
         entry = CachedKey(
-            principal_for(record),
+            principal_for(record, ancestors),
             _rejection_of(record),
             record.expires_at.timestamp() if record.expires_at is not None else None,
             now + self.options.cache_ttl_seconds,
@@ -259,6 +296,23 @@ class ApiKeyCache:
         if generation == self.generation:
             self._store(digest, entry)
         return entry
+
+    async def _ancestors(self, record: ApiKey) -> list[Organization]:
+        """The organizations above the key's, nearest first (a cycle or a deep tree is cut off)."""
+        org = organization_of(record)
+        chain: list[Organization] = []
+        seen = {org.id} if org is not None else set()
+        parent_id = org.parent_id if org is not None else None  # type: ignore[attr-defined]
+        while parent_id is not None and parent_id not in seen and len(chain) < MAX_ORG_DEPTH:
+            seen.add(parent_id)
+            parent = await self.database.run(
+                Organization.filter(id=parent_id).first(), time_limit=self.options.lookup_timeout_seconds
+            )
+            if parent is None:
+                break
+            chain.append(parent)
+            parent_id = parent.parent_id  # type: ignore[attr-defined]
+        return chain
 
     async def _refresh(self, digest: str, stale: CachedKey) -> None:
         """Refresh a stale entry; keep serving it while the database is unreachable."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -31,6 +32,11 @@ class KeyEntry(BaseModel):
     org: str | None = None
     scopes: list[str] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
+    rpm: int | None = Field(None, ge=0, description="requests per minute (rate_limits plugin)")
+    tpm: int | None = Field(None, ge=0, description="tokens per minute (rate_limits plugin)")
+    max_parallel: int | None = Field(
+        None, ge=0, description="requests in flight at once (rate_limits plugin)"
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyEntry:
@@ -53,6 +59,14 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _metadata(entry: KeyEntry) -> dict[str, Any]:
+    """The entry's metadata, with its limits where policies read a key's limits (``limits``)."""
+    metadata: dict[str, Any] = dict(entry.metadata)
+    if entry.rpm is not None or entry.tpm is not None or entry.max_parallel is not None:
+        metadata["limits"] = {"rpm": entry.rpm, "tpm": entry.tpm, "max_parallel": entry.max_parallel}
+    return metadata
+
+
 @hookimpl
 def lockgate_startup(gateway: Gateway) -> None:
     options = gateway.config.plugin_config(NAME, ConfigKeysOptions)
@@ -70,7 +84,7 @@ def lockgate_startup(gateway: Gateway) -> None:
             org_id=entry.org,
             scopes=frozenset(entry.scopes),
             allowed_models=tuple(entry.models) if entry.models is not None else None,
-            metadata=entry.metadata,
+            metadata=_metadata(entry),
         )
     gateway.plugin_state[NAME] = table
 

@@ -1,10 +1,11 @@
-"""Round robin: each deployment of a group in turn."""
+"""Round robin: each deployment of a group in turn (those at their rate limit skipped)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from gateway_core import Balancer, Deployment, RequestContext, hookimpl
+from gateway_core.routing import unlimited
 
 
 class RoundRobin(Balancer):
@@ -15,6 +16,7 @@ class RoundRobin(Balancer):
         self._turn = -1
 
     def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        candidates = unlimited(candidates)
         self._turn += 1
         return candidates[self._turn % len(candidates)]
 

@@ -1,11 +1,12 @@
 """Smooth weighted round robin (nginx's algorithm): each deployment in proportion to its ``weight``,
-interleaved rather than in bursts."""
+interleaved rather than in bursts (those at their rate limit skipped)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from gateway_core import Balancer, Deployment, RequestContext, hookimpl
+from gateway_core.routing import unlimited
 
 
 class Weighted(Balancer):
@@ -19,6 +20,7 @@ class Weighted(Balancer):
         self._index = {id(deployment): index for index, deployment in enumerate(self.deployments)}
 
     def choose(self, ctx: RequestContext, candidates: Sequence[Deployment]) -> Deployment:
+        candidates = unlimited(candidates)
         current = self._current
         weights = self._weights
         if candidates is self.deployments:

@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from gateway_core import DeploymentConfig, HttpClient, Provider, hookimpl
+from gateway_core.credentials import Credential
 from plugins.providers.anthropic_base import AnthropicMessagesProvider, AnthropicOptions
 
 
@@ -23,19 +24,25 @@ class AnthropicProvider(AnthropicMessagesProvider):
         base = (deployment.base_url or self.default_base_url).rstrip("/")
         self.messages_url = f"{base}/v1/messages"
         self.count_url = f"{base}/v1/messages/count_tokens"
-        key = self.api_key()
+
+    def prepare_credential(self, credential: Credential) -> dict[str, str]:
+        """The request headers of calls made with ``credential``."""
+        options = credential.options
+        assert isinstance(options, AnthropicOptions)
+        key = self.api_key(credential=credential)
         assert key is not None
         headers = {"Content-Type": "application/json", "x-api-key": key, "anthropic-version": options.version}
         if options.beta:
             headers["anthropic-beta"] = ",".join(options.beta)
-        headers.update(deployment.headers)
-        self.headers = headers
+        headers.update(self.deployment.headers)
+        return headers
 
-    def urls(self, model: str, stream: bool) -> tuple[str, str]:
+    def urls(self, credential: Credential, model: str, stream: bool) -> tuple[str, str]:
         return self.messages_url, self.count_url
 
-    async def request_headers(self) -> Mapping[str, str]:
-        return self.headers
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
+        headers: dict[str, str] = credential.auth
+        return headers
 
 
 @hookimpl

@@ -23,9 +23,10 @@ from gateway_core import (
     ProviderCall,
     Usage,
 )
+from gateway_core.credentials import Credential
 from gateway_core.dialects import anthropic as dialect
 from gateway_core.errors import upstream_error
-from gateway_core.http import forwarded_headers, read_json
+from gateway_core.http import ErrorDecoder, forwarded_headers, read_json
 from gateway_core.sse import ChunkStream, SSEParser, transport_error
 
 DEFAULT_VERSION = "2023-06-01"
@@ -136,7 +137,8 @@ class AnthropicPassthroughStream(ChatStream):
 
 
 class AnthropicMessagesProvider(Provider):
-    """Chat through a Messages-API endpoint; subclasses set :meth:`urls` and :meth:`request_headers`."""
+    """Chat through a Messages-API endpoint; subclasses set :meth:`urls` and :meth:`request_headers`
+    (both per credential, prepared by :meth:`~gateway_core.providers.Provider.prepare_credential`)."""
 
     Options: ClassVar[type[BaseModel]] = AnthropicOptions
     native_dialects: frozenset[str] = frozenset({"anthropic"})
@@ -146,12 +148,16 @@ class AnthropicMessagesProvider(Provider):
         assert isinstance(options, AnthropicOptions)
         self.default_max_tokens = options.default_max_tokens
 
-    def urls(self, model: str, stream: bool) -> tuple[str, str]:
-        """The messages URL and the count-tokens URL for ``model``."""
+    def urls(self, credential: Credential, model: str, stream: bool) -> tuple[str, str]:
+        """The messages URL and the count-tokens URL for ``model`` with ``credential``."""
         raise NotImplementedError
 
-    async def request_headers(self) -> Mapping[str, str]:
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
         raise NotImplementedError
+
+    def error_decoder(self, credential: Credential, headers: Mapping[str, str]) -> ErrorDecoder:
+        """How the upstream's error answers to a request sent with ``headers`` are read."""
+        return _decode_error
 
     def encode(self, call: ProviderCall) -> dict[str, Any]:
         payload = dialect.encode_chat_request(
@@ -167,14 +173,22 @@ class AnthropicMessagesProvider(Provider):
         return payload
 
     async def _post(
-        self, url: str, payload: dict[str, Any], call: ProviderCall | None = None
+        self, call: ProviderCall, payload: dict[str, Any], *, count: bool = False, native: bool = False
     ) -> aiohttp.ClientResponse:
-        headers = await self.request_headers()
-        if call is not None and (client_beta := call.ctx.headers.get("anthropic-beta")):
+        """Send ``payload`` to the messages (or, with ``count``, the count-tokens) endpoint."""
+        credential = await self.credential(call.ctx)
+        messages_url, count_url = self.urls(credential, call.upstream_model, call.ctx.stream and not count)
+        headers = await self.request_headers(credential)
+        if native and (client_beta := call.ctx.headers.get("anthropic-beta")):
             # On a pass-through the client's beta features travel with its body.
             own = headers.get("anthropic-beta")
             headers = {**headers, "anthropic-beta": f"{own},{client_beta}" if own else client_beta}
-        return await self.send(url, orjson.dumps(payload), headers, _decode_error)
+        return await self.send(
+            count_url if count else messages_url,
+            orjson.dumps(payload),
+            headers,
+            self.error_decoder(credential, headers),
+        )
 
     def native_payload(self, call: ProviderCall) -> dict[str, Any]:
         """The Anthropic client's own body, for this deployment's model."""
@@ -184,8 +198,7 @@ class AnthropicMessagesProvider(Provider):
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         if call.client_body is not None and call.ctx.dialect == "anthropic":
             return await self._forward(call)
-        url, _ = self.urls(call.upstream_model, call.ctx.stream)
-        response = await self._post(url, self.encode(call))
+        response = await self._post(call, self.encode(call))
         headers = forwarded_headers(response.headers)
         if not call.ctx.stream:
             _, data = await read_json(response, self.name)
@@ -202,8 +215,7 @@ class AnthropicMessagesProvider(Provider):
 
     async def _forward(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         """Same dialect on both sides: forward the client's body, answer the upstream's bytes."""
-        url, _ = self.urls(call.upstream_model, call.ctx.stream)
-        response = await self._post(url, self.native_payload(call), call)
+        response = await self._post(call, self.native_payload(call), native=True)
         headers = forwarded_headers(response.headers)
         if call.ctx.stream:
             return AnthropicPassthroughStream(response, self.name, headers)
@@ -212,14 +224,10 @@ class AnthropicMessagesProvider(Provider):
         return CompletedResponse(body, usage, headers, dialect="anthropic")
 
     async def count_tokens(self, call: ProviderCall) -> int:
-        _, count_url = self.urls(call.upstream_model, False)
-        if call.client_body is not None and call.ctx.dialect == "anthropic":
-            payload = self.native_payload(call)
-        else:
-            payload = self.encode(call)
+        native = call.client_body is not None and call.ctx.dialect == "anthropic"
+        payload = self.native_payload(call) if native else self.encode(call)
         for field in NOT_COUNTED:
             payload.pop(field, None)
-        native = call.client_body is not None and call.ctx.dialect == "anthropic"
-        response = await self._post(count_url, payload, call if native else None)
+        response = await self._post(call, payload, count=True, native=native)
         _, data = await read_json(response, self.name)
         return int(data.get("input_tokens", 0)) if isinstance(data, dict) else 0

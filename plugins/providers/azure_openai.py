@@ -15,7 +15,7 @@ from typing import ClassVar
 import aiohttp
 from pydantic import BaseModel, Field
 
-from gateway_core import ConfigError, DeploymentConfig, GatewayError, Provider, hookimpl
+from gateway_core import ConfigError, DeploymentConfig, GatewayError, Provider, RequestContext, hookimpl
 from gateway_core.errors import error_payload_from, upstream_error
 from gateway_core.http import error_from_upstream
 from plugins.providers.openai_base import OpenAIOptions, OpenAIProvider
@@ -72,8 +72,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         assert isinstance(options, AzureOptions)
         return {"Authorization": f"Bearer {key}"} if options.entra_token else {"api-key": key}
 
-    async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
-        return await self.send(url, payload, self.headers, decode_error)
+    async def _post(self, ctx: RequestContext, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        credential = await self.credential(ctx)
+        headers: dict[str, str] = credential.auth
+        return await self.send(url, payload, headers, decode_error)
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from gateway_core import DeploymentConfig, HttpClient, Provider, hookimpl
+from gateway_core.credentials import Credential
 from plugins.providers.google_base import GoogleGenerativeProvider
 
 
@@ -31,16 +32,20 @@ class GeminiProvider(GoogleGenerativeProvider):
         assert isinstance(options, GeminiOptions)
         base = (deployment.base_url or self.default_base_url).rstrip("/")
         self.base = f"{base}/{options.api_version}"
-        key = self.api_key("GOOGLE_API_KEY")
-        assert key is not None
-        self.headers = {"Content-Type": "application/json", "x-goog-api-key": key, **deployment.headers}
 
-    def model_url(self, model: str, method: str) -> str:
+    def prepare_credential(self, credential: Credential) -> dict[str, str]:
+        """The request headers of calls made with ``credential``."""
+        key = self.api_key("GOOGLE_API_KEY", credential=credential)
+        assert key is not None
+        return {"Content-Type": "application/json", "x-goog-api-key": key, **self.deployment.headers}
+
+    def model_url(self, credential: Credential, model: str, method: str) -> str:
         name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
         return f"{self.base}/{name}:{method}"
 
-    async def request_headers(self) -> Mapping[str, str]:
-        return self.headers
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
+        headers: dict[str, str] = credential.auth
+        return headers
 
 
 @hookimpl

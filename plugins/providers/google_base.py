@@ -20,10 +20,12 @@ from gateway_core import (
     GatewayError,
     Provider,
     ProviderCall,
+    RequestContext,
     Usage,
 )
+from gateway_core.credentials import Credential
 from gateway_core.dialects import gemini as dialect
-from gateway_core.http import forwarded_headers, read_json
+from gateway_core.http import ErrorDecoder, forwarded_headers, read_json
 from gateway_core.sse import ChunkStream, SSEParser
 
 
@@ -51,30 +53,41 @@ async def translate_stream(response: aiohttp.ClientResponse, decoder: Any) -> As
 
 
 class GoogleGenerativeProvider(Provider):
-    """Shared flow of providers speaking Gemini's body format; subclasses set URLs and auth."""
+    """Shared flow of providers speaking Gemini's body format; subclasses set URLs and auth (both per
+    credential, prepared by :meth:`~gateway_core.providers.Provider.prepare_credential`)."""
 
     supports_embeddings: ClassVar[bool] = True
 
-    def model_url(self, model: str, method: str) -> str:
+    def model_url(self, credential: Credential, model: str, method: str) -> str:
         raise NotImplementedError
 
-    async def request_headers(self) -> Mapping[str, str]:
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
         raise NotImplementedError
 
-    async def _post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        return await self.send(url, orjson.dumps(payload), await self.request_headers(), _decode_error)
+    def error_decoder(self, credential: Credential, headers: Mapping[str, str]) -> ErrorDecoder:
+        """How the upstream's error answers to a request sent with ``headers`` are read."""
+        return _decode_error
+
+    async def _post(
+        self, ctx: RequestContext, model: str, method: str, payload: dict[str, Any], query: str = ""
+    ) -> aiohttp.ClientResponse:
+        """Call ``method`` of ``model`` with ``payload``, with a credential of the pool."""
+        credential = await self.credential(ctx)
+        headers = await self.request_headers(credential)
+        url = self.model_url(credential, model, method) + query
+        return await self.send(url, orjson.dumps(payload), headers, self.error_decoder(credential, headers))
 
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         payload = dialect.encode_chat_request(call.body, drop_params=self.deployment.drop_params)
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         model = call.upstream_model
         if not call.ctx.stream:
-            response = await self._post(self.model_url(model, "generateContent"), payload)
+            response = await self._post(call.ctx, model, "generateContent", payload)
             _, data = await read_json(response, self.name)
             answer = dialect.decode_chat_response(data, model=model, response_id=response_id)
             usage = Usage.from_openai(answer.get("usage"))
             return CompletedResponse(orjson.dumps(answer), usage, forwarded_headers(response.headers))
-        response = await self._post(self.model_url(model, "streamGenerateContent") + "?alt=sse", payload)
+        response = await self._post(call.ctx, model, "streamGenerateContent", payload, "?alt=sse")
         decoder = dialect.StreamDecoder(model=model, response_id=response_id)
         return ChunkStream(
             translate_stream(response, decoder),
@@ -93,14 +106,14 @@ class GoogleGenerativeProvider(Provider):
         request = dialect.encode_chat_request(call.body, drop_params=True)
         request.pop("generationConfig", None)
         payload = self.count_tokens_payload(call.upstream_model, request)
-        response = await self._post(self.model_url(call.upstream_model, "countTokens"), payload)
+        response = await self._post(call.ctx, call.upstream_model, "countTokens", payload)
         _, data = await read_json(response, self.name)
         return int(data.get("totalTokens", 0)) if isinstance(data, dict) else 0
 
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:
         model = call.upstream_model
         payload = dialect.encode_embeddings_request(call.body, model=model)
-        response = await self._post(self.model_url(model, "batchEmbedContents"), payload)
+        response = await self._post(call.ctx, model, "batchEmbedContents", payload)
         _, data = await read_json(response, self.name)
         texts = call.body.get("input")
         estimate = len(orjson.dumps(texts)) // 4

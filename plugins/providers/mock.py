@@ -3,7 +3,9 @@
 It echoes the last user message (or a fixed ``reply``), streams it in ``chunks`` pieces with
 ``latency_ms`` between them, honours ``max_tokens`` (finish reason ``length``) and
 ``stream_options.include_usage``, and returns deterministic unit-length embeddings. Token counts are
-words, which is an approximation of real tokenizers that is stable across runs.
+words, which is an approximation of real tokenizers that is stable across runs. Credential pools
+and their limits apply as for real providers; a credential's ``options`` (e.g. its own ``reply``)
+apply to the calls it serves.
 """
 
 from __future__ import annotations
@@ -100,9 +102,7 @@ class MockProvider(Provider):
     Options: ClassVar[type[BaseModel]] = MockOptions
     supports_embeddings: ClassVar[bool] = True
 
-    def _answer(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
-        options = self.options
-        assert isinstance(options, MockOptions)
+    def _answer(self, options: MockOptions, body: dict[str, Any]) -> tuple[str, str, int, int]:
         messages = body.get("messages") or []
         prompt_tokens = sum(
             _count_tokens(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)
@@ -124,9 +124,10 @@ class MockProvider(Provider):
         return text, finish, prompt_tokens, _count_tokens(text)
 
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
-        options = self.options
+        credential = await self.credential(call.ctx)  # counts the call on the deployment's limits
+        options = credential.options
         assert isinstance(options, MockOptions)
-        text, finish, prompt_tokens, completion_tokens = self._answer(call.body)
+        text, finish, prompt_tokens, completion_tokens = self._answer(options, call.body)
         delay = options.latency_ms / 1000
         completion_id = f"chatcmpl-{call.ctx.request_id.removeprefix('req_')}"
         created = int(time.time())
@@ -176,8 +177,12 @@ class MockProvider(Provider):
         events.append(DONE)
         return MockStream(events, delay, Usage.from_openai(usage) or Usage())
 
+    async def health_check(self) -> None:
+        """The mock is always able to answer: nothing to send."""
+
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:
-        options = self.options
+        credential = await self.credential(call.ctx)
+        options = credential.options
         assert isinstance(options, MockOptions)
         raw_input = call.body.get("input")
         inputs: list[Any] = (

@@ -21,8 +21,10 @@ from gateway_core import (
     HttpClient,
     Provider,
     ProviderCall,
+    RequestContext,
     Usage,
 )
+from gateway_core.credentials import Credential
 from gateway_core.errors import upstream_error
 from gateway_core.http import forwarded_headers, read_json
 from gateway_core.sse import PassthroughStream
@@ -53,11 +55,17 @@ class OpenAIProvider(Provider):
         assert isinstance(options, OpenAIOptions)
         self.request_stream_usage = options.request_stream_usage
         self.chat_url, self.embeddings_url = self.endpoints(deployment, options)
+
+    def prepare_credential(self, credential: Credential) -> dict[str, str]:
+        """The request headers of calls made with ``credential``."""
+        options = credential.options
+        assert isinstance(options, OpenAIOptions)
+        deployment = self.deployment
         if deployment.base_url is not None and not self.requires_api_key:
             # A custom OpenAI-compatible server gets only its own key, never OPENAI_API_KEY.
-            key = deployment.api_key.get_secret_value() if deployment.api_key else None
+            key = credential.api_key
         else:
-            key = self.api_key(required=True)
+            key = self.api_key(required=True, credential=credential)
         headers = {"Content-Type": "application/json"}
         if key:
             headers.update(self.auth_headers(key, options))
@@ -67,7 +75,7 @@ class OpenAIProvider(Provider):
             headers["OpenAI-Project"] = options.project
         headers.update(self.extra_headers(options))
         headers.update(deployment.headers)
-        self.headers = headers
+        return headers
 
     def endpoints(self, deployment: DeploymentConfig, options: BaseModel) -> tuple[str, str]:
         """The chat completions and embeddings URLs of this deployment."""
@@ -80,8 +88,10 @@ class OpenAIProvider(Provider):
     def extra_headers(self, options: BaseModel) -> dict[str, str]:
         return {}
 
-    async def _post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
-        return await self.send(url, payload, self.headers)
+    async def _post(self, ctx: RequestContext, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        credential = await self.credential(ctx)
+        headers: dict[str, str] = credential.auth
+        return await self.send(url, payload, headers)
 
     async def _read(self, response: aiohttp.ClientResponse) -> CompletedResponse:
         body, data = await read_json(response, self.name)
@@ -102,7 +112,9 @@ class OpenAIProvider(Provider):
         if body.get("model") != call.upstream_model:
             body = {**body, "model": call.upstream_model}
             payload = None
-        response = await self._post(self.chat_url, payload if payload is not None else orjson.dumps(body))
+        response = await self._post(
+            call.ctx, self.chat_url, payload if payload is not None else orjson.dumps(body)
+        )
         if not call.ctx.stream:
             return await self._read(response)
         if not response.content_type.startswith("text/event-stream"):
@@ -120,7 +132,7 @@ class OpenAIProvider(Provider):
         payload = call.raw
         if call.body.get("model") != call.upstream_model or payload is None:
             payload = orjson.dumps({**call.body, "model": call.upstream_model})
-        response = await self._post(self.embeddings_url, payload)
+        response = await self._post(call.ctx, self.embeddings_url, payload)
         return await self._read(response)
 
     def describe(self) -> dict[str, object]:

@@ -3,6 +3,8 @@
 The deployment's ``model`` selects the publisher (``claude-*`` is Anthropic's, everything else
 Google's) unless ``options.publisher`` says otherwise. Credentials come from ``options.credentials``
 (the key file's JSON, usually ``${file:...}``) or the file named by ``GOOGLE_APPLICATION_CREDENTIALS``.
+A deployment's credential pool may give each credential its own service account, project and location
+(``credentials[].options``); each account has its own cached access token.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -28,8 +29,9 @@ from gateway_core import (
     Usage,
     hookimpl,
 )
+from gateway_core.credentials import Credential
 from gateway_core.embeddings import embeddings_answer
-from gateway_core.http import ErrorDecoder, error_from_upstream, read_json
+from gateway_core.http import ErrorDecoder, read_json
 from plugins.providers.anthropic_base import NOT_COUNTED, AnthropicMessagesProvider, AnthropicOptions
 from plugins.providers.google_auth import ServiceAccountTokens, parse_service_account
 from plugins.providers.google_base import GoogleGenerativeProvider
@@ -62,7 +64,7 @@ def _load_credentials(options: VertexOptions) -> dict[str, Any]:
 
 
 class _VertexPlace:
-    """URLs and the bearer token of one Vertex deployment."""
+    """URLs and the bearer token of one credential (service account) of a Vertex deployment."""
 
     def __init__(self, deployment: DeploymentConfig, options: VertexOptions, http: HttpClient) -> None:
         info = _load_credentials(options)
@@ -78,10 +80,20 @@ class _VertexPlace:
         self.prefix = f"{host.rstrip('/')}/v1/projects/{project}/locations/{location}/publishers"
         self.tokens = ServiceAccountTokens.shared(info, http)
         self.extra_headers = dict(deployment.headers)
+        self._token = ""
+        self._headers: Mapping[str, str] = {}
 
     async def headers(self) -> Mapping[str, str]:
+        """The request headers with the account's current token (rebuilt only when it changed)."""
         token = await self.tokens.token()
-        return {"Content-Type": "application/json", "Authorization": f"Bearer {token}", **self.extra_headers}
+        if token != self._token:
+            self._headers = {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                **self.extra_headers,
+            }
+            self._token = token
+        return self._headers
 
     def watch(self, headers: Mapping[str, str], decode_error: ErrorDecoder) -> ErrorDecoder:
         """``decode_error``, also forgetting the request's token when Vertex refuses it (401): a token
@@ -95,27 +107,25 @@ class _VertexPlace:
         return decode
 
 
+def _place(credential: Credential) -> _VertexPlace:
+    place = credential.auth
+    assert isinstance(place, _VertexPlace)
+    return place
+
+
 class VertexGemini(GoogleGenerativeProvider):
+    """Gemini models on Vertex; its credentials are those of the :class:`VertexProvider` it serves."""
+
     name: ClassVar[str] = "vertex"
 
-    def __init__(self, deployment: DeploymentConfig, options: VertexOptions, http: HttpClient) -> None:
-        super().__init__(deployment, options, http)
-        self.place = _VertexPlace(deployment, options, http)
+    def model_url(self, credential: Credential, model: str, method: str) -> str:
+        return f"{_place(credential).prefix}/google/models/{model}:{method}"
 
-    def model_url(self, model: str, method: str) -> str:
-        return f"{self.place.prefix}/google/models/{model}:{method}"
+    def error_decoder(self, credential: Credential, headers: Mapping[str, str]) -> ErrorDecoder:
+        return _place(credential).watch(headers, super().error_decoder(credential, headers))
 
-    async def send(
-        self,
-        url: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        decode_error: ErrorDecoder = error_from_upstream,
-    ) -> aiohttp.ClientResponse:
-        return await super().send(url, payload, headers, self.place.watch(headers, decode_error))
-
-    async def request_headers(self) -> Mapping[str, str]:
-        return await self.place.headers()
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
+        return await _place(credential).headers()
 
     def count_tokens_payload(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         return request  # Vertex takes contents, systemInstruction and tools at the top level
@@ -134,7 +144,7 @@ class VertexGemini(GoogleGenerativeProvider):
         if isinstance(call.body.get("dimensions"), int):
             parameters["outputDimensionality"] = call.body["dimensions"]
         payload = {"instances": [{"content": text} for text in texts], "parameters": parameters}
-        response = await self._post(self.model_url(call.upstream_model, "predict"), payload)
+        response = await self._post(call.ctx, call.upstream_model, "predict", payload)
         _, data = await read_json(response, self.name)
         vectors = []
         tokens = 0
@@ -151,24 +161,19 @@ class VertexGemini(GoogleGenerativeProvider):
 
 
 class VertexClaude(AnthropicMessagesProvider):
+    """Claude models on Vertex; its credentials are those of the :class:`VertexProvider` it serves."""
+
     name: ClassVar[str] = "vertex"
 
     def __init__(self, deployment: DeploymentConfig, options: VertexOptions, http: HttpClient) -> None:
         claude_options = AnthropicOptions(default_max_tokens=options.default_max_tokens)
         super().__init__(deployment, claude_options, http)
-        self.place = _VertexPlace(deployment, options, http)
 
-    async def send(
-        self,
-        url: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        decode_error: ErrorDecoder = error_from_upstream,
-    ) -> aiohttp.ClientResponse:
-        return await super().send(url, payload, headers, self.place.watch(headers, decode_error))
+    def error_decoder(self, credential: Credential, headers: Mapping[str, str]) -> ErrorDecoder:
+        return _place(credential).watch(headers, super().error_decoder(credential, headers))
 
-    def urls(self, model: str, stream: bool) -> tuple[str, str]:
-        base = f"{self.place.prefix}/anthropic/models"
+    def urls(self, credential: Credential, model: str, stream: bool) -> tuple[str, str]:
+        base = f"{_place(credential).prefix}/anthropic/models"
         method = "streamRawPredict" if stream else "rawPredict"
         return f"{base}/{model}:{method}", f"{base}/count-tokens:rawPredict"
 
@@ -192,13 +197,12 @@ class VertexClaude(AnthropicMessagesProvider):
             payload = AnthropicMessagesProvider.encode(self, call)
         for field in NOT_COUNTED:
             payload.pop(field, None)
-        _, url = self.urls(call.upstream_model, False)
-        response = await self._post(url, payload)
+        response = await self._post(call, payload, count=True)
         _, data = await read_json(response, self.name)
         return int(data.get("input_tokens", 0)) if isinstance(data, dict) else 0
 
-    async def request_headers(self) -> Mapping[str, str]:
-        return await self.place.headers()
+    async def request_headers(self, credential: Credential) -> Mapping[str, str]:
+        return await _place(credential).headers()
 
 
 class VertexProvider(Provider):
@@ -218,7 +222,16 @@ class VertexProvider(Provider):
             if publisher == "anthropic"
             else VertexGemini(deployment, options, http)
         )
+        # The delegate calls with this provider's credentials (prepared here) and proxies.
+        self.delegate.credentials = self.credentials
+        self.delegate.proxies = self.proxies
         self.native_dialects = self.delegate.native_dialects
+
+    def prepare_credential(self, credential: Credential) -> _VertexPlace:
+        """The project URLs and the token source of ``credential``'s service account."""
+        options = credential.options
+        assert isinstance(options, VertexOptions)
+        return _VertexPlace(self.deployment, options, self.http)
 
     async def chat(self, call: ProviderCall) -> CompletedResponse | ChatStream:
         return await self.delegate.chat(call)

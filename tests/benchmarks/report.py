@@ -40,7 +40,8 @@ class Plan:
 
 @dataclass
 class Samples:
-    """Everything measured on one target (direct, bare forwarder or Lockgate), all rounds pooled."""
+    """Everything measured on one target (direct, bare forwarder, Lockgate or its full policy
+    profile), all rounds pooled."""
 
     label: str
     c1: LoadResult = field(default_factory=lambda: LoadResult(1))
@@ -53,6 +54,8 @@ class Samples:
     #: CPU seconds per request of the fake upstream and of the load generator, per round.
     upstream_cpu: list[float] = field(default_factory=list)
     loadgen_cpu: list[float] = field(default_factory=list)
+    #: CPU seconds per request of the Redis server, per round (targets that use Redis).
+    redis_cpu: list[float] = field(default_factory=list)
     #: Cores' worth of CPU used by other processes on the machine while this target was measured.
     other_load: list[float] = field(default_factory=list)
 
@@ -75,6 +78,12 @@ class Report:
     commit: str = field(default_factory=lambda: git_commit())
     #: Instructions per request under callgrind by server name (bare, lockgate), when counted.
     instructions: dict[str, float] = field(default_factory=dict)
+    #: The full policy profile (auth, Redis rate limits, budget, usage log); None when skipped.
+    full: Samples | None = None
+    #: Sentences saying what showed, in this run, that the full profile's policies ran.
+    full_evidence: list[str] = field(default_factory=list)
+    #: Why the full policy profile was not measured.
+    full_skipped: str = ""
 
     # --- the goals ---------------------------------------------------------------------------------
 
@@ -89,6 +98,27 @@ class Report:
 
     def overhead_c1(self) -> float:
         return median(self.lockgate.c1.latencies) - median(self.bare.c1.latencies)
+
+    def policy_cpu(self) -> float:
+        """CPU seconds per request the full policy profile adds to core Lockgate: the median of the
+        rounds' differences (each round measures the two one after the other)."""
+        if self.full is None:
+            return float("nan")
+        extra = [full - core for full, core in zip(self.full.cpu, self.lockgate.cpu, strict=False)]
+        return median(extra)
+
+    def policy_latency_c1(self) -> float:
+        """p50 latency at concurrency 1 of the full policy profile minus core Lockgate's."""
+        if self.full is None:
+            return float("nan")
+        return median(self.full.c1.latencies) - median(self.lockgate.c1.latencies)
+
+    def policy_rps_ratio(self) -> float:
+        """Requests/s of the full policy profile over core Lockgate's: the median of the rounds' ratios."""
+        if self.full is None:
+            return float("nan")
+        ratios = [full / core for full, core in zip(self.full.rps, self.lockgate.rps, strict=False) if core]
+        return median(ratios) if ratios else float("nan")
 
     def goals(self) -> list[tuple[str, str, str, bool]]:
         ratio, overhead, gate_rss = self.rps_ratio(), self.overhead_c1(), self.rss["lockgate"][0]
@@ -134,6 +164,7 @@ class Report:
         if busy:
             out += [busy, ""]
         out += self._goals_table()
+        out += self._full_policy_section()
         out += self._latency_table()
         out += self._overhead_table()
         out += self._stream_table()
@@ -142,8 +173,38 @@ class Report:
         out += self._run_notes()
         return "\n".join(out) + "\n"
 
-    def _targets(self) -> tuple[Samples, Samples, Samples]:
-        return self.direct, self.bare, self.lockgate
+    def _targets(self) -> tuple[Samples, ...]:
+        if self.full is None:
+            return self.direct, self.bare, self.lockgate
+        return self.direct, self.bare, self.lockgate, self.full
+
+    def _full_policy_section(self) -> list[str]:
+        out = ["### Full policy profile", ""]
+        if self.full is None:
+            reason = self.full_skipped or "not measured"
+            return [*out, f"Not measured in this run: {reason}.", ""]
+        c = CONCURRENCY
+        out += [
+            f"**{self.full.label}** runs the same gateway, deployment and key as core Lockgate (auth on) "
+            "with the policies a shared deployment turns on: the key's requests and tokens per minute are "
+            "checked in Redis before each call and corrected to the real usage after it, a budget in USD "
+            "per day is reserved before each call and settled at its real cost (the deployment has a "
+            "price), each a Lua script in Redis, and every request is written to the usage log (a SQLite "
+            "database, in batches off the request path). The limits and the budget are far above what "
+            "the run can reach, so every request pays for the checks and none is refused. The Redis "
+            "server is not pinned to a CPU; its CPU time is shown apart from the worker's.",
+            "",
+            "| Cost of the policies per request | Measured |",
+            "| --- | ---: |",
+            f"| Extra CPU time of the worker (concurrency {c}) | {self.policy_cpu() * 1e6:+,.0f} µs |",
+            f"| CPU time of the Redis server (concurrency {c}) | {median(self.full.redis_cpu) * 1e6:,.0f} µs |",
+            f"| Extra p50 latency at concurrency 1 | {fmt_delta(self.policy_latency_c1())} ms |",
+            f"| Requests/s at concurrency {c}, full policy / core | {self.policy_rps_ratio():.0%} |",
+            "",
+        ]
+        if self.full_evidence:
+            out += ["Checked in this run:", "", *[f"- {line}" for line in self.full_evidence], ""]
+        return out
 
     def _goals_table(self) -> list[str]:
         out = ["### Goals", "", "| Goal | Measured | Target | Result |", "| --- | --- | --- | --- |"]
@@ -182,11 +243,16 @@ class Report:
             f"| Overhead | c=1 p50 | c=1 p99 | c={c} p50 | c={c} p99 |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
-        pairs = (
+        pairs = [
             ("Bare forwarder over direct", self.bare, self.direct),
             ("Lockgate over direct", self.lockgate, self.direct),
             ("**Lockgate over bare forwarder**", self.lockgate, self.bare),
-        )
+        ]
+        if self.full is not None:
+            pairs += [
+                (f"{self.full.label} over bare forwarder", self.full, self.bare),
+                (f"**{self.full.label} over Lockgate**", self.full, self.lockgate),
+            ]
         for name, a, b in pairs:
             cells = [
                 median(a.c1.latencies) - median(b.c1.latencies),
@@ -214,15 +280,22 @@ class Report:
                 f"| {fmt_ms(median(t.stream.latencies))} | {t.stream.count:,} |"
             )
         gap = median(self.lockgate.stream.first_bytes) - median(self.bare.stream.first_bytes)
-        return [*out, "", f"Lockgate's TTFB p50 minus the bare forwarder's: {fmt_delta(gap)} ms.", ""]
+        out += ["", f"Lockgate's TTFB p50 minus the bare forwarder's: {fmt_delta(gap)} ms."]
+        if self.full is not None:
+            extra = median(self.full.stream.first_bytes) - median(self.lockgate.stream.first_bytes)
+            out.append(f"{self.full.label}'s TTFB p50 minus Lockgate's: {fmt_delta(extra)} ms.")
+        return [*out, ""]
 
     def _memory_table(self) -> list[str]:
         out = ["### Memory", "", "| Process | RSS after the run | peak RSS |", "| --- | ---: | ---: |"]
         for key, label in (
             ("lockgate", "Lockgate worker"),
+            ("lockgate-full", "Lockgate full policy worker"),
             ("bare", "bare forwarder"),
             ("upstream", "fake upstream"),
         ):
+            if key not in self.rss:
+                continue
             rss, peak = self.rss[key]
             out.append(f"| {label} | {rss:.1f} MB | {peak:.1f} MB |")
         return [*out, ""]
@@ -250,7 +323,7 @@ class Report:
 
     def _run_notes(self) -> list[str]:
         plan = self.plan
-        helpers = (self.bare, self.lockgate)
+        helpers = self._targets()[1:]
         upstream_cpu = [v for t in helpers for v in t.upstream_cpu]
         loadgen_cpu = [v for t in helpers for v in t.loadgen_cpu]
         other = [v for t in self._targets() for v in t.other_load]
@@ -339,7 +412,7 @@ DEFAULT_INTRO = """# Benchmarks
 
 How much does Lockgate cost on top of the stack it is built on? `make bench`
 (`python -m tests.benchmarks.run --write docs/benchmarks.md`) answers with one run that measures
-three targets side by side, and rewrites the results section of this page. The text above that
+four targets side by side, and rewrites the results section of this page. The text above that
 section is kept.
 
 ## Method
@@ -354,7 +427,20 @@ section is kept.
 - **Lockgate**: `lockgate serve` with one worker and a generated configuration: one model whose
   deployment is the `openai` provider pointed at the fake upstream, and the `config_keys` plugin
   holding the key the load generator sends, so every request is authenticated, validated, routed
-  and accounted for.
+  and accounted for. This is the core profile.
+- **Lockgate full policy** (`tests/benchmarks/full_policy.py`): the same gateway, deployment and
+  key with the policies a shared deployment turns on. The key has requests-per-minute and
+  tokens-per-minute limits (`rpm`, `tpm` of its `config_keys` entry) and a budget in USD per day
+  (`plugins.budgets.defaults.key`), all in Redis (`redis.url`), so every request runs the rate
+  limit and budget Lua scripts before the call and again to settle its real usage and cost; the
+  deployment has a `price`, and the usage log writes every request to a SQLite database migrated
+  with `lockgate db upgrade` before the gateway starts. The limits and the budget are far above
+  what a run can reach, so no request is refused. Before measuring, the harness checks the
+  `x-ratelimit-*` headers of one answer and that the budget counter in Redis was settled to that
+  request's real cost; after the run, that the counters never fell back to memory and that the
+  database holds a usage record for every answer. It needs a Redis server on 127.0.0.1:6379
+  (database 0); without one the run says so and measures the other targets
+  (`--no-full-policy` leaves it out).
 - **Direct**: the load generator against the fake upstream itself.
 - **Load generator** (`tests/benchmarks/loadgen.py`): closed loop over HTTP/1.1 keep-alive
   connections, a raw asyncio protocol on uvloop that records every request's latency, so the
@@ -362,9 +448,12 @@ section is kept.
   a server closes a connection (hypercorn does after 1,000 requests on one connection).
 
 Each server runs in its own process, so its CPU time and RSS are its own. The rounds alternate the
-targets (direct, bare forwarder, Lockgate), each after a short warm-up. Latency samples of all
-rounds are pooled for the percentiles; requests/s is the median of the rounds, and the ratio of
-Lockgate to the bare forwarder is the median of the rounds' ratios.
+targets (direct, bare forwarder, Lockgate, Lockgate full policy), each after a short warm-up.
+Latency samples of all rounds are pooled for the percentiles; requests/s is the median of the
+rounds, and the ratio of Lockgate to the bare forwarder is the median of the rounds' ratios. The
+cost of the policies is the full policy profile compared with core Lockgate the same way: extra
+CPU per request as the median of the rounds' differences, and the p50 latency difference. The
+Redis server's own CPU time is read from its `INFO cpu` and shown apart; it is not pinned.
 
 ### Reading the figures on a small machine
 
@@ -384,7 +473,7 @@ callgrind (about a minute; `--no-instructions` skips it). It repeats within abou
 the figure to compare two commits with; it leaves out system calls and cache misses, so it does not
 convert to requests/s one to one.
 
-`--quick` runs one short round without instruction counts (about 30 s). `--profile lockgate.svg` also samples the Lockgate
+`--quick` runs one short round without instruction counts (about 45 s). `--profile lockgate.svg` also samples the Lockgate
 worker with py-spy under load (`pip install py-spy` first; `.json` writes speedscope, other
 suffixes py-spy's raw collapsed stacks).
 

@@ -1,12 +1,16 @@
 """Benchmark Lockgate against a bare Starlette-on-hypercorn forwarder and the fake upstream itself.
 
-Starts three servers on free ports of 127.0.0.1, each in its own process (so CPU time and RSS are
-theirs alone): the fake OpenAI upstream, the bare forwarder and ``lockgate serve`` with auth on. The
-load generator runs in this process. Each round measures each target in turn: latency at
-concurrency 1, requests/s and latency at concurrency 16, and a streamed answer's time to first byte.
+Starts four servers on free ports of 127.0.0.1, each in its own process (so CPU time and RSS are
+theirs alone): the fake OpenAI upstream, the bare forwarder, ``lockgate serve`` with auth on (the
+core profile) and ``lockgate serve`` with the full policy profile (auth, Redis rate limits, a budget
+and the usage log; see :mod:`tests.benchmarks.full_policy`), which is skipped when Redis is not
+running. The load generator runs in this process. Each round measures each target in turn: latency
+at concurrency 1, requests/s and latency at concurrency 16, and a streamed answer's time to first
+byte.
 
-    python -m tests.benchmarks.run                            # about 3 minutes, prints the tables
-    python -m tests.benchmarks.run --quick                    # about 30 seconds
+    python -m tests.benchmarks.run                            # about 4 minutes, prints the tables
+    python -m tests.benchmarks.run --quick                    # about 45 seconds
+    python -m tests.benchmarks.run --quick --no-full-policy   # the core profile only
     python -m tests.benchmarks.run --write docs/benchmarks.md # what `make bench` runs
     python -m tests.benchmarks.run --quick --profile lockgate.svg   # also samples Lockgate with py-spy
 """
@@ -31,13 +35,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 
-from tests.benchmarks import instructions
+from tests.benchmarks import full_policy, instructions
 from tests.benchmarks.fake_upstream import MODEL
-from tests.benchmarks.loadgen import build_request, median, run_load
+from tests.benchmarks.loadgen import LoadResult, build_request, median, run_load
 from tests.benchmarks.report import CONCURRENCY, Plan, Report, Samples, ms, write_doc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +53,8 @@ UPSTREAM_KEY = "sk-bench-upstream-key"
 
 FULL = Plan(rounds=3, warmup_seconds=1.0, c1_seconds=3.0, c16_seconds=5.0, stream_seconds=2.0)
 QUICK = Plan(rounds=1, warmup_seconds=0.5, c1_seconds=2.0, c16_seconds=3.0, stream_seconds=1.5)
+
+FULL_POLICY_LABEL = "Lockgate full policy"
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -131,7 +138,8 @@ def start_server(name: str, command: list[str], port: int, workdir: Path, cpu: i
     return Server(name, port, process, log_path)
 
 
-def lockgate_config(port: int, upstream_port: int) -> dict[str, object]:
+def lockgate_config(port: int, upstream_port: int) -> dict[str, Any]:
+    """The core profile: one model on the fake upstream and the bench key, auth on."""
     return {
         "server": {"host": HOST, "port": port, "workers": 1},
         "models": {
@@ -149,14 +157,17 @@ def lockgate_config(port: int, upstream_port: int) -> dict[str, object]:
     }
 
 
-def lockgate_command(config_path: Path, *, through_python: bool = False) -> list[str]:
-    """``lockgate serve`` (``through_python`` names the interpreter first, as valgrind needs)."""
+def lockgate_cli(*, through_python: bool = False) -> list[str]:
+    """The ``lockgate`` command (``through_python`` names the interpreter first, as valgrind needs)."""
     script = Path(sys.executable).parent / "lockgate"
     if not script.exists():
-        base = [sys.executable, "-m", "gateway_core.cli"]
-    else:
-        base = [sys.executable, str(script)] if through_python else [str(script)]
-    return [*base, "serve", "--config", str(config_path)]
+        return [sys.executable, "-m", "gateway_core.cli"]
+    return [sys.executable, str(script)] if through_python else [str(script)]
+
+
+def lockgate_command(config_path: Path, *, through_python: bool = False) -> list[str]:
+    """``lockgate serve`` with the configuration at ``config_path``."""
+    return [*lockgate_cli(through_python=through_python), "serve", "--config", str(config_path)]
 
 
 def bare_command(port: int, upstream_port: int) -> list[str]:
@@ -172,18 +183,53 @@ def bare_command(port: int, upstream_port: int) -> list[str]:
     ]
 
 
-def write_lockgate_config(workdir: Path, port: int, upstream_port: int) -> Path:
+def write_config(workdir: Path, port: int, config: dict[str, Any]) -> Path:
     path = workdir / f"lockgate-{port}.yaml"
     # JSON is YAML; the file holds only throwaway keys and lives in a temporary folder.
-    path.write_bytes(orjson.dumps(lockgate_config(port, upstream_port)))
+    path.write_bytes(orjson.dumps(config))
     return path
+
+
+def write_lockgate_config(workdir: Path, port: int, upstream_port: int) -> Path:
+    return write_config(workdir, port, lockgate_config(port, upstream_port))
+
+
+@dataclass(frozen=True)
+class FullPolicySetup:
+    """Where the full policy profile keeps its state in one run."""
+
+    key_name: str
+    database: Path
+
+
+def start_full_policy(setup: FullPolicySetup, workdir: Path, upstream_port: int, cpu: int | None) -> Server:
+    """Write the full policy configuration, create its database and start the gateway."""
+    port = free_port()
+    config = full_policy.full_policy_config(
+        lockgate_config(port, upstream_port), setup.database, setup.key_name
+    )
+    config_path = write_config(workdir, port, config)
+    full_policy.migrate(lockgate_cli(), config_path, ROOT)
+    return start_server("lockgate-full", lockgate_command(config_path), port, workdir, cpu)
+
+
+@dataclass(frozen=True)
+class Servers:
+    upstream: Server
+    bare: Server
+    gate: Server
+    #: The full policy profile's gateway (None when it is skipped).
+    full: Server | None
+
+    def all(self) -> list[Server]:
+        return [self.upstream, self.bare, self.gate, *([self.full] if self.full else [])]
 
 
 @contextlib.contextmanager
 def servers(
-    workdir: Path, helper_cpu: int | None, test_cpu: int | None
-) -> Iterator[tuple[Server, Server, Server]]:
-    """Start the fake upstream, the bare forwarder and Lockgate; always stop them."""
+    workdir: Path, helper_cpu: int | None, test_cpu: int | None, full: FullPolicySetup | None
+) -> Iterator[Servers]:
+    """Start the fake upstream, the bare forwarder and Lockgate (both profiles); always stop them."""
     started: list[Server] = []
     try:
         upstream_port, bare_port, gate_port = free_port(), free_port(), free_port()
@@ -195,7 +241,11 @@ def servers(
         config_path = write_lockgate_config(workdir, gate_port, upstream_port)
         gate = start_server("lockgate", lockgate_command(config_path), gate_port, workdir, test_cpu)
         started.append(gate)
-        yield upstream, bare, gate
+        full_server = None
+        if full is not None:
+            full_server = start_full_policy(full, workdir, upstream_port, test_cpu)
+            started.append(full_server)
+        yield Servers(upstream, bare, gate, full_server)
     finally:
         for server in reversed(started):
             server.stop()
@@ -253,9 +303,10 @@ class CpuMeter:
     def own_cpu(self) -> float:
         return own_cpu_seconds() - self.start_own
 
-    def other_load(self) -> float:
-        """Cores' worth of CPU that other processes used since the last reset."""
-        ours = self.own_cpu() + sum(cpu_seconds(pid) - start for pid, start in self._starts())
+    def other_load(self, also_ours: float = 0.0) -> float:
+        """Cores' worth of CPU that other processes used since the last reset (``also_ours``: CPU
+        seconds of another process working for the target, such as Redis, not counted as other)."""
+        ours = self.own_cpu() + also_ours + sum(cpu_seconds(pid) - start for pid, start in self._starts())
         elapsed = time.monotonic() - self.wall
         return max(0.0, (machine_cpu_seconds() - self.start_machine - ours) / elapsed) if elapsed else 0.0
 
@@ -263,6 +314,22 @@ class CpuMeter:
         if self.server is self.upstream:
             return [(self.server.pid, self.start_server)]
         return [(self.server.pid, self.start_server), (self.upstream.pid, self.start_upstream)]
+
+
+class RedisMeter:
+    """CPU time of the Redis server between readings (always 0 for a target that does not use it)."""
+
+    def __init__(self, used: bool) -> None:
+        self.used = used
+        self.at: float | None = None
+
+    async def lap(self) -> float:
+        """CPU seconds Redis used since the last lap (the first lap only starts the count)."""
+        if not self.used:
+            return 0.0
+        now = await full_policy.redis_cpu_seconds()
+        used, self.at = (0.0 if self.at is None else now - self.at), now
+        return used
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -274,6 +341,13 @@ class Target:
 
     server: Server
     samples: Samples
+    #: Answers the target gave so far (any status), warm-ups and checks included.
+    answered: int = 0
+    #: The target works with the Redis server, whose CPU time is then measured too.
+    uses_redis: bool = False
+
+    def count(self, *results: LoadResult) -> None:
+        self.answered += sum(sum(result.statuses.values()) for result in results)
 
     @property
     def label(self) -> str:
@@ -322,6 +396,7 @@ async def wait_ready(target: Target, timeout: float = 30.0) -> None:
         except OSError as exc:
             last = str(exc)
         else:
+            target.count(result)
             if result.statuses.get(200):
                 return
             last = f"answers {result.statuses}"
@@ -338,10 +413,12 @@ async def verify_answers(target: Target) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(url, data=chat_body(stream=False), headers=headers) as response:
             body = await response.read()
+        target.answered += 1
         if response.status != 200 or b'"usage"' not in body:
             raise RuntimeError(f"{target.label} answered {response.status}: {body[:300]!r}")
         async with session.post(url, data=chat_body(stream=True), headers=headers) as response:
             body = await response.read()
+        target.answered += 1
         if response.status != 200 or b'"error"' in body or not body.rstrip().endswith(b"data: [DONE]"):
             raise RuntimeError(f"{target.label} streamed {response.status}: {body[-300:]!r}")
 
@@ -350,33 +427,39 @@ async def measure(target: Target, upstream: Server, plan: Plan, round_no: int) -
     """One round on one target: warm-up, concurrency 1, concurrency 16, streams."""
     samples, port, limit = target.samples, target.server.port, plan.max_requests
     plain, streamed = target.requests()
-    await run_load(
+    warm = await run_load(
         HOST, port, plain, concurrency=CONCURRENCY, max_requests=limit, max_seconds=plan.warmup_seconds
     )
-    await run_load(
+    warm_streams = await run_load(
         HOST, port, streamed, concurrency=1, max_requests=limit, max_seconds=plan.warmup_seconds / 4
     )
 
+    redis = RedisMeter(target.uses_redis)
+    await redis.lap()
     meter = CpuMeter(target.server, upstream)
     c1 = await run_load(HOST, port, plain, concurrency=1, max_requests=limit, max_seconds=plan.c1_seconds)
-    other = meter.other_load()
+    other = meter.other_load(await redis.lap())
 
     meter.reset()
     c16 = await run_load(
         HOST, port, plain, concurrency=CONCURRENCY, max_requests=limit, max_seconds=plan.c16_seconds
     )
+    redis_used = await redis.lap()
     if c16.count:
         samples.cpu.append(meter.server_cpu() / c16.count)
         samples.loadgen_cpu.append(meter.own_cpu() / c16.count)
         if target.server is not upstream:
             samples.upstream_cpu.append(meter.upstream_cpu() / c16.count)
-    other = max(other, meter.other_load())
+        if target.uses_redis:
+            samples.redis_cpu.append(redis_used / c16.count)
+    other = max(other, meter.other_load(redis_used))
 
     meter.reset()
     stream = await run_load(
         HOST, port, streamed, concurrency=1, max_requests=limit, max_seconds=plan.stream_seconds
     )
-    samples.other_load.append(max(other, meter.other_load()))
+    samples.other_load.append(max(other, meter.other_load(await redis.lap())))
+    target.count(warm, warm_streams, c1, c16, stream)
 
     samples.c1.merge(c1)
     samples.c16.merge(c16)
@@ -384,7 +467,7 @@ async def measure(target: Target, upstream: Server, plan: Plan, round_no: int) -
     samples.stream.merge(stream)
     errors = c1.errors + c16.errors + stream.errors
     progress(
-        f"  round {round_no}  {target.label:<15} c=1 p50 {ms(median(c1.latencies)):6.3f} ms   "
+        f"  round {round_no}  {target.label:<20} c=1 p50 {ms(median(c1.latencies)):6.3f} ms   "
         f"c={CONCURRENCY} {c16.rps:7,.0f} req/s, {samples.cpu[-1] * 1e6 if c16.count else 0:5.0f} µs CPU/req   "
         f"stream TTFB p50 {ms(median(stream.first_bytes)):6.3f} ms   other load {samples.other_load[-1]:4.0%}"
         + (f"   errors {errors}" if errors else "")
@@ -447,8 +530,53 @@ async def count_instructions(upstream: Server, workdir: Path) -> dict[str, float
     return counts
 
 
+async def plan_full_policy(
+    workdir: Path, redis_url: str = full_policy.REDIS_URL
+) -> tuple[FullPolicySetup | None, str]:
+    """The full policy profile's setup, or None and why it is skipped (Redis is not running)."""
+    problem = await full_policy.redis_unreachable(redis_url)
+    if problem is not None:
+        message = f"Redis at {redis_url} is not reachable: {problem}"
+        progress(f"full policy profile skipped: {message}")
+        return None, message
+    return FullPolicySetup(full_policy.key_name(), workdir / full_policy.DATABASE_FILE), ""
+
+
+async def verify_full_policy(target: Target, setup: FullPolicySetup) -> full_policy.Evidence:
+    """Check on one answer that the rate limits and the budget run, before measuring."""
+    evidence = await full_policy.verify_enforced(
+        target.server.port, api_key=API_KEY, body=chat_body(stream=False), name=setup.key_name, host=HOST
+    )
+    target.answered += 1
+    headers = ", ".join(f"{name}: {value}" for name, value in sorted(evidence.rate_headers.items()))
+    progress(f"full policy: {headers}; budget settled at {evidence.first_cost_micro_usd} µUSD")
+    return evidence
+
+
+async def finish_full_policy(target: Target, setup: FullPolicySetup, evidence: full_policy.Evidence) -> None:
+    """After the run: no Redis fall-backs, then stop the gateway (which writes its queued usage
+    records) and count the records against the answers it gave."""
+    full_policy.check_readiness(await full_policy.readiness(target.server.port, HOST), evidence)
+    target.server.stop()
+    full_policy.stored_usage(setup.database, evidence)
+    evidence.answered = target.answered
+    evidence.budget_micro_usd = await full_policy.budget_charged(setup.key_name)
+    await full_policy.drop_counters(setup.key_name)
+    progress(
+        f"full policy: {evidence.records:,} usage records stored for {evidence.answered:,} requests "
+        f"answered ({evidence.priced:,} with a cost, ${evidence.cost_usd:.6f}); budget counter "
+        f"${evidence.budget_micro_usd / 1e6:.6f}; {evidence.redis_fallbacks} Redis fall-backs"
+    )
+
+
 async def bench(
-    plan: Plan, *, pin_cpus: bool, profile: Path | None, profile_seconds: float, count: bool
+    plan: Plan,
+    *,
+    pin_cpus: bool,
+    profile: Path | None,
+    profile_seconds: float,
+    count: bool,
+    full: bool = True,
 ) -> Report:
     cpus = sorted(os.sched_getaffinity(0))
     pinned = pin_cpus and len(cpus) >= 2
@@ -456,43 +584,59 @@ async def bench(
     pin(os.getpid(), helper_cpu)
     started_at = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
-    with (
-        tempfile.TemporaryDirectory(prefix="lockgate-bench-") as workdir,
-        servers(Path(workdir), helper_cpu, test_cpu) as (upstream, bare, gate),
-    ):
-        direct = Target(upstream, Samples("direct"))
-        bare_target = Target(bare, Samples("bare forwarder"))
-        lockgate = Target(gate, Samples("Lockgate"))
-        targets = (direct, bare_target, lockgate)
-        for target in targets:
-            await wait_ready(target)
-            await verify_answers(target)
-        progress(f"benchmark: {plan.rounds} round(s) of {', '.join(t.label for t in targets)}")
-        for round_no in range(1, plan.rounds + 1):
+    full_target: Target | None = None
+    evidence: full_policy.Evidence | None = None
+    skipped = "" if full else "not asked for (--no-full-policy)"
+    with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as workdir_name:
+        workdir = Path(workdir_name)
+        setup, why = await plan_full_policy(workdir) if full else (None, "")
+        skipped = skipped or why
+        with servers(workdir, helper_cpu, test_cpu, setup) as running:
+            upstream = running.upstream
+            direct = Target(upstream, Samples("direct"))
+            bare_target = Target(running.bare, Samples("bare forwarder"))
+            lockgate = Target(running.gate, Samples("Lockgate"))
+            targets = [direct, bare_target, lockgate]
+            if running.full is not None:
+                full_target = Target(running.full, Samples(FULL_POLICY_LABEL), uses_redis=True)
+                targets.append(full_target)
             for target in targets:
-                # The upstream gets the test CPU while it is the server under test.
-                pin(upstream.pid, test_cpu if target is direct else helper_cpu)
-                await measure(target, upstream, plan, round_no)
-        pin(upstream.pid, helper_cpu)
-        for server in (upstream, bare, gate):
-            server.check_alive()
-        rss = {
-            server.name: (proc_status_mb(server.pid, "VmRSS"), proc_status_mb(server.pid, "VmHWM"))
-            for server in (upstream, bare, gate)
-        }
-        if profile is not None:
-            progress(await profile_lockgate(lockgate, profile, profile_seconds))
-        counts: dict[str, float] = {}
-        if count and instructions.available():
-            progress("counting instructions per request under callgrind")
-            counts = await count_instructions(upstream, Path(workdir))
-        elif count:
-            progress("instruction counts skipped: valgrind is not installed (apt-get install valgrind)")
+                await wait_ready(target)
+                await verify_answers(target)
+            if full_target is not None and setup is not None:
+                evidence = await verify_full_policy(full_target, setup)
+            progress(f"benchmark: {plan.rounds} round(s) of {', '.join(t.label for t in targets)}")
+            for round_no in range(1, plan.rounds + 1):
+                for target in targets:
+                    # The upstream gets the test CPU while it is the server under test.
+                    pin(upstream.pid, test_cpu if target is direct else helper_cpu)
+                    await measure(target, upstream, plan, round_no)
+            pin(upstream.pid, helper_cpu)
+            for server in running.all():
+                server.check_alive()
+            rss = {
+                server.name: (proc_status_mb(server.pid, "VmRSS"), proc_status_mb(server.pid, "VmHWM"))
+                for server in running.all()
+            }
+            if full_target is not None and setup is not None and evidence is not None:
+                await finish_full_policy(full_target, setup, evidence)
+            if profile is not None:
+                progress(await profile_lockgate(lockgate, profile, profile_seconds))
+            counts: dict[str, float] = {}
+            if count and instructions.available():
+                progress("counting instructions per request under callgrind")
+                counts = await count_instructions(upstream, workdir)
+            elif count:
+                progress("instruction counts skipped: valgrind is not installed (apt-get install valgrind)")
     duration = time.monotonic() - clock
     report = Report(
         direct.samples, bare_target.samples, lockgate.samples, plan, pinned, rss, started_at, duration
     )
     report.instructions = counts
+    if full_target is not None and evidence is not None:
+        report.full = full_target.samples
+        report.full_evidence = evidence.lines()
+    report.full_skipped = skipped
     return report
 
 
@@ -504,10 +648,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks.run", description="Benchmark Lockgate against a bare forwarder."
     )
-    parser.add_argument("--quick", action="store_true", help="one short round (about 30 s) instead of three")
+    parser.add_argument("--quick", action="store_true", help="one short round (about 45 s) instead of three")
     parser.add_argument("--rounds", type=int, help="number of rounds (default 3, or 1 with --quick)")
     parser.add_argument("--write", metavar="PATH", help="write the results into this markdown file")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes to CPUs")
+    parser.add_argument(
+        "--no-full-policy",
+        action="store_true",
+        help="leave out the full policy profile (Redis rate limits, budget and usage log)",
+    )
     parser.add_argument(
         "--profile", metavar="PATH", help="also sample Lockgate with py-spy (.svg, .json, raw)"
     )
@@ -533,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=Path(args.profile).resolve() if args.profile else None,
         profile_seconds=args.profile_seconds,
         count=not args.quick if args.instructions is None else args.instructions,
+        full=not args.no_full_policy,
     )
     try:
         import uvloop

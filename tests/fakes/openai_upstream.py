@@ -77,6 +77,13 @@ class Behaviour:
     malformed_json: bool = False
     #: Accept parameters the real API does not know (as many OpenAI-compatible servers do).
     allow_unknown_parameters: bool = False
+    #: Apply the faults above (status, delay, malformed JSON, die_after) to the first this many API
+    #: requests only, then answer normally (0: to every request).
+    faults_for: int = 0
+
+
+#: The behaviour applied to one request (``faults_for`` decides per request).
+BEHAVIOUR = web.RequestKey("behaviour", Behaviour)
 
 
 class _ClientGone(Exception):
@@ -129,7 +136,10 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
     def __init__(self, api_key: str = DEFAULT_API_KEY) -> None:
         super().__init__()
         self.api_key = api_key
+        #: Further API keys the fake accepts (a gateway's credential pool).
+        self.other_keys: set[str] = set()
         self.behaviour = Behaviour()
+        self._faulted = 0
         #: Requests whose caller went away before the answer was complete (stream or not).
         self.aborted: list[RecordedRequest] = []
         #: Streams the fake sent to the end: counted as their ``[DONE]`` goes out.
@@ -141,16 +151,23 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
 
     def behave(self, **changes: Any) -> Behaviour:
         """Replace the behaviour: defaults plus ``changes``."""
-        self.behaviour = Behaviour(**changes)
+        with self._lock:
+            self.behaviour = Behaviour(**changes)
+            self._faulted = 0
         return self.behaviour
 
     def reset(self) -> None:
         """Back to normal answers, with no recorded requests."""
         with self._lock:
             self.behaviour = Behaviour()
+            self._faulted = 0
             self.requests.clear()
             self.aborted.clear()
             self.completed_streams = 0
+
+    def keys_used(self, path: str = "/v1/chat/completions") -> list[str]:
+        """The API key (``Authorization: Bearer``) of each recorded request to ``path``, in order."""
+        return [r.headers.get("authorization", "").removeprefix("Bearer ") for r in self.requests_to(path)]
 
     def was_aborted(self, marker: str) -> bool:
         """Whether a request whose body contains ``marker`` was abandoned by its caller."""
@@ -196,6 +213,12 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
         async def handle(request: web.Request) -> web.StreamResponse:
             recorded = await self._record(request)
             behaviour = self.behaviour
+            if behaviour.faults_for:
+                with self._lock:
+                    self._faulted += 1
+                    if self._faulted > behaviour.faults_for:
+                        behaviour = Behaviour(reply=behaviour.reply, chunks=behaviour.chunks)
+            request[BEHAVIOUR] = behaviour
             try:
                 if behaviour.delay:
                     await asyncio.sleep(behaviour.delay)
@@ -239,7 +262,7 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                 "username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
             )
         key = key.strip()
-        if key != self.api_key:
+        if key != self.api_key and key not in self.other_keys:
             shown = f"{key[:3]}*********{key[-4:]}" if len(key) > 8 else key
             return _error(
                 401,
@@ -340,7 +363,7 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
-        behaviour = self.behaviour
+        behaviour: Behaviour = request.get(BEHAVIOUR, self.behaviour)
         if behaviour.reply is not None:
             reply = behaviour.reply
         else:
@@ -394,7 +417,7 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
     async def _stream(
         self, request: web.Request, completion_id: str, model: str, reply: str, usage: dict[str, Any] | None
     ) -> web.StreamResponse:
-        behaviour = self.behaviour
+        behaviour: Behaviour = request.get(BEHAVIOUR, self.behaviour)
         head: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",

@@ -1,0 +1,168 @@
+"""The spool: append-only files of usage records the database could not take yet (JSON lines).
+
+Records are appended to the *active segment* of this process and forced to disk (``fsync``) with
+each append. A segment is replayed once it is closed: :meth:`Spool.rotate` closes the active one.
+Several processes may share a spool folder (the workers of one server): a segment is locked
+(``flock``) by the process writing or replaying it, and a segment is named only once it is locked, so
+no process replays a file another is still writing. A segment replayed completely is deleted; one the
+database refuses is renamed ``*.failed`` and left for an operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from gateway_core.usage.records import UsageEntry
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: segments are not locked, so give each process a folder of its own
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("lockgate.usage")
+
+SUFFIX = ".jsonl"
+FAILED_SUFFIX = ".failed"
+#: A segment this large is closed and a new one started, so replays make progress in steps.
+MAX_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+class Spool:
+    """The spool folder of one process. Thread-safe: appends may come from worker threads and the loop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._sequence = 0
+
+    def append(self, entries: Sequence[UsageEntry]) -> None:
+        """Write ``entries`` to the active segment and force them to disk; raises ``OSError``."""
+        if not entries:
+            return
+        data = b"".join(entry.to_json() + b"\n" for entry in entries)
+        with self._lock:
+            fd = self._active()
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+            self._size += len(data)
+            if self._size >= MAX_SEGMENT_BYTES:
+                self._close_active()
+
+    def rotate(self) -> None:
+        """Close the active segment, so it can be replayed; the next append starts a new one."""
+        with self._lock:
+            self._close_active()
+
+    def close(self) -> None:
+        self.rotate()
+
+    def segments(self) -> list[Path]:
+        """The segments of every process, oldest first."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX))
+        except FileNotFoundError:
+            return []
+        return [self.folder / name for name in names]
+
+    def failed_segments(self) -> list[Path]:
+        try:
+            return sorted(self.folder.glob(f"*{FAILED_SUFFIX}"))
+        except OSError:
+            return []
+
+    @contextlib.contextmanager
+    def claim(self, path: Path) -> Iterator[Segment | None]:
+        """Lock a closed segment for replay; yields None when another process holds it or it is gone."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            if not _try_lock(fd) or os.fstat(fd).st_nlink == 0:  # busy, or replayed and deleted meanwhile
+                yield None
+                return
+            yield Segment(path, fd)
+        finally:
+            os.close(fd)  # releases the lock
+
+    # --- the active segment -----------------------------------------------------------------------
+
+    def _active(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._sequence += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}"
+        # Created under a name replays ignore, locked, then renamed: never seen unlocked.
+        temporary = self.folder / f".{name}.tmp"
+        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            _try_lock(fd)
+            os.rename(temporary, self.folder / f"{name}{SUFFIX}")
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        self._fd, self._size = fd, 0
+        return fd
+
+    def _close_active(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class Segment:
+    """A closed segment locked by this process for replay."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    def read(self) -> tuple[list[UsageEntry], int]:
+        """The segment's records in order, and the number of malformed lines skipped (a torn last line
+        after a crash)."""
+        with os.fdopen(os.dup(self._fd), "rb") as file:
+            entries: list[UsageEntry] = []
+            malformed = 0
+            for line in file:
+                if not line.strip():
+                    continue
+                try:
+                    entries.append(UsageEntry.from_json(line))
+                except (ValueError, TypeError, KeyError):
+                    malformed += 1
+        return entries, malformed
+
+    def remove(self) -> None:
+        """Delete the replayed segment."""
+        self.path.unlink(missing_ok=True)
+
+    def set_aside(self) -> Path:
+        """Rename the segment ``*.failed`` so it is not replayed again."""
+        target = self.path.with_suffix(FAILED_SUFFIX)
+        os.rename(self.path, target)
+        return target
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Policy plugins: rate limits, quotas and budgets."""

@@ -1,0 +1,364 @@
+"""Quotas and budgets: requests, tokens and cost (USD) per UTC day, per UTC month or in total.
+
+Accounts a request counts against, all of which must have room:
+
+* the API key, its user and its organization;
+* every organization above the key's, up to the root: budgets roll up the organization tree.
+
+Their amounts come from the records (the ``budget_limit``/``budget_period`` columns are a cost
+budget; ``metadata.quotas`` holds the rest, e.g. ``{"requests": {"day": 1000}, "tokens": {"month":
+1000000}, "cost": {"total": 250}}``) and from the plugin's ``defaults`` for keys, users and the key's
+organization (a record's own amounts win, period by period).
+
+Before the call a request reserves its worst case: one request, the estimated prompt plus its
+``max_tokens`` in tokens, and what that costs at the dearest price of its model group. Once it ended
+the reservation is corrected to the real usage and cost, so concurrent requests can overspend a
+budget by at most one reservation's error, never by their number. A model group with an unknown
+price reserves no cost (logged once per model, counted in ``unpriced``) and its calls are charged
+what the pricing later knows, nothing when it never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway_core import Gateway, GatewayError, Principal, RequestContext, hookimpl
+from gateway_core.limits import Period, Reservation, Verdict, Window, reached_provider, tokens_used
+from gateway_core.limits.outcome import unmeasured_keeps_reservation
+from gateway_core.pricing import estimate_prompt_tokens, max_output_tokens
+
+NAME = "budgets"
+log = logging.getLogger("lockgate.policies.budgets")
+
+REQUESTS = "requests"
+TOKENS = "tokens"
+COST = "cost"
+#: Counters hold cost in micro-dollars, the precision budgets are stored with.
+MICRO = Decimal(1_000_000)
+#: Most principals whose accounts are remembered (they are rebuilt on a miss).
+MAX_CACHED = 10_000
+
+
+class Counts(BaseModel):
+    """Requests or tokens per period."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    day: int | None = Field(None, ge=0)
+    month: int | None = Field(None, ge=0)
+    total: int | None = Field(None, ge=0)
+
+
+class Money(BaseModel):
+    """USD per period."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    day: Decimal | None = Field(None, ge=0)
+    month: Decimal | None = Field(None, ge=0)
+    total: Decimal | None = Field(None, ge=0)
+
+
+class Quotas(BaseModel):
+    """The quotas and budgets of one account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: Counts = Field(default_factory=Counts)
+    tokens: Counts = Field(default_factory=Counts)
+    cost: Money = Field(default_factory=Money, description="USD")
+
+    def merged(self, other: Quotas) -> Quotas:
+        """These quotas with every amount ``other`` sets taking precedence."""
+        return Quotas(
+            requests=self.requests.model_copy(update=other.requests.model_dump(exclude_none=True)),
+            tokens=self.tokens.model_copy(update=other.tokens.model_dump(exclude_none=True)),
+            cost=self.cost.model_copy(update=other.cost.model_dump(exclude_none=True)),
+        )
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: Quotas = Field(default_factory=Quotas)
+    user: Quotas = Field(default_factory=Quotas)
+    org: Quotas = Field(default_factory=Quotas, description="the key's organization (not its ancestors)")
+
+
+class BudgetsOptions(BaseModel):
+    """Options under ``plugins.budgets``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: Defaults = Field(default_factory=Defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One key, user or organization a request counts against, with its amounts per period."""
+
+    key: str
+    label: str
+    #: (kind, period, limit): requests and tokens as counts, cost in micro-dollars.
+    limits: tuple[tuple[str, Period, int], ...]
+
+    def windows(self, tokens: int, cost: int) -> list[Window]:
+        amounts = {REQUESTS: 1, TOKENS: tokens, COST: cost}
+        return [
+            Window(f"{kind}:{period}", limit, period, amounts[kind]) for kind, period, limit in self.limits
+        ]
+
+
+def _micro(usd: Decimal) -> int:
+    return int((usd * MICRO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def _limits(quotas: Quotas) -> tuple[tuple[str, Period, int], ...]:
+    found: list[tuple[str, Period, int]] = []
+    for period in Period:
+        for kind, counts in ((REQUESTS, quotas.requests), (TOKENS, quotas.tokens)):
+            count = getattr(counts, period.value)
+            if count is not None:
+                found.append((kind, period, count))
+        money = getattr(quotas.cost, period.value)
+        if money is not None:
+            found.append((COST, period, _micro(money)))
+    return tuple(found)
+
+
+@dataclass(slots=True)
+class Held:
+    """What one request reserved."""
+
+    reservation: Reservation
+    tokens: int
+    cost: int
+
+
+class Budgets:
+    """The plugin's state in one gateway."""
+
+    def __init__(self, gateway: Gateway, options: BudgetsOptions) -> None:
+        self.gateway = gateway
+        self.options = options
+        self.counters = gateway.counters
+        #: Requests admitted with no cost reserved because their model's price is unknown.
+        self.unpriced = 0
+        self._warned: set[str] = set()
+        self._accounts: dict[int, tuple[Principal, list[Account]]] = {}
+
+    # --- accounts ----------------------------------------------------------------------------------
+
+    def accounts(self, principal: Principal) -> list[Account]:
+        """The accounts of a principal (remembered per principal object: auth plugins cache them)."""
+        cached = self._accounts.get(id(principal))
+        if cached is not None and cached[0] is principal:
+            return cached[1]
+        accounts = self._build(principal)
+        if len(self._accounts) >= MAX_CACHED:
+            self._accounts.clear()
+        self._accounts[id(principal)] = (principal, accounts)
+        return accounts
+
+    def _build(self, principal: Principal) -> list[Account]:
+        metadata = principal.metadata
+        given = metadata.get("budgets")
+        budgets: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        defaults = self.options.defaults
+        candidates: list[tuple[str, str, Quotas]] = [
+            (
+                f"bq:key:{principal.key_id}",
+                f"key '{principal.name or principal.key_id}'",
+                self._quotas(defaults.key, metadata.get("quotas"), budgets.get("key"), principal.key_id),
+            )
+        ]
+        if principal.user_id is not None:
+            quotas = self._quotas(
+                defaults.user, metadata.get("user_quotas"), budgets.get("user"), principal.user_id
+            )
+            candidates.append((f"bq:user:{principal.user_id}", f"user '{principal.user_id}'", quotas))
+        if principal.org_id is not None:
+            quotas = self._quotas(
+                defaults.org, metadata.get("org_quotas"), budgets.get("org"), principal.org_id
+            )
+            name = metadata.get("org_name") or principal.org_id
+            candidates.append((f"bq:org:{principal.org_id}", f"organization '{name}'", quotas))
+        for ancestor in metadata.get("org_ancestors") or ():
+            if not isinstance(ancestor, Mapping) or not ancestor.get("id"):
+                continue
+            org_id = str(ancestor["id"])
+            quotas = self._quotas(Quotas(), ancestor.get("quotas"), ancestor.get("budget"), org_id)
+            label = f"organization '{ancestor.get('name') or org_id}'"
+            candidates.append((f"bq:org:{org_id}", label, quotas))
+        return [
+            Account(key, label, limits) for key, label, quotas in candidates if (limits := _limits(quotas))
+        ]
+
+    def _quotas(self, default: Quotas, given: Any, budget: Any, owner: str) -> Quotas:
+        """``default`` overridden by a record's ``metadata.quotas`` and then its budget columns."""
+        quotas = default
+        if given:
+            try:
+                quotas = quotas.merged(Quotas.model_validate(given))
+            except ValidationError as exc:
+                self._warn(
+                    f"quotas:{owner}", "invalid quotas of %s ignored: %s", owner, exc.errors()[0]["msg"]
+                )
+        if isinstance(budget, Mapping) and budget.get("limit") is not None and budget.get("period"):
+            try:
+                period = Period(str(budget["period"]))
+                cost = Money.model_validate({period.value: Decimal(str(budget["limit"]))})
+            except (ValueError, ArithmeticError):  # pydantic's ValidationError is a ValueError
+                self._warn(f"budget:{owner}", "invalid budget of %s ignored: %r", owner, dict(budget))
+            else:
+                quotas = quotas.merged(Quotas(cost=cost))
+        return quotas
+
+    def _warn(self, once: str, message: str, *args: Any) -> None:
+        if once not in self._warned:
+            self._warned.add(once)
+            log.warning(message, *args)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def worst_cost(self, ctx: RequestContext, prompt: int, output: int) -> int:
+        group = ctx.group
+        price = self.gateway.pricing.max_price(group) if group is not None else None
+        if price is None:
+            self.unpriced += 1
+            name = group.name if group is not None else ctx.model
+            self._warn(
+                f"price:{name}", "model %r has no known price: budgets reserve no cost for its calls", name
+            )
+            return 0
+        return _micro(price.worst_case(prompt, output))
+
+    def check(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """The check of a request, or None when no quota applies (nothing to await)."""
+        accounts = self.accounts(ctx.principal) if ctx.principal is not None else None
+        return self._check(ctx, accounts) if accounts else None
+
+    async def _check(self, ctx: RequestContext, accounts: list[Account]) -> None:
+        prompt = estimate_prompt_tokens(ctx.body)
+        output = max_output_tokens(ctx.body, self.gateway.config.pricing.default_max_output_tokens)
+        needs_cost = any(kind == COST for account in accounts for kind, _, _ in account.limits)
+        cost = self.worst_cost(ctx, prompt, output) if needs_cost else 0
+        held = Held(Reservation(self.counters), prompt + output, cost)
+        ctx.state[NAME] = held  # before taking: a request cancelled meanwhile is settled from here
+        await held.reservation.take(
+            [(account.key, account.windows(prompt + output, cost)) for account in accounts]
+        )
+        refusal = held.reservation.refusal
+        if refusal is not None:
+            label = next(account.label for account in accounts if account.key == refusal.scope)
+            raise exceeded(refusal, label)
+
+    def settle(self, ctx: RequestContext) -> Awaitable[None] | None:
+        held: Held | None = ctx.state.get(NAME)
+        return None if held is None else self._settle(ctx, held)
+
+    async def _settle(self, ctx: RequestContext, held: Held) -> None:
+        requests = 1 if reached_provider(ctx) else 0
+        tokens = tokens_used(ctx, held.tokens)
+        cost = self.cost_of(ctx, held.cost)
+        used = {REQUESTS: requests, TOKENS: tokens, COST: cost}
+        await held.reservation.settle(lambda window: used[window.name.partition(":")[0]])
+
+    def cost_of(self, ctx: RequestContext, reserved: int) -> int:
+        """The micro-dollars to charge for a finished request that reserved ``reserved``."""
+        if ctx.cost is not None:
+            return _micro(ctx.cost)
+        if ctx.usage is not None:
+            if ctx.deployment is None:
+                return 0
+            cost = self.gateway.pricing.cost(ctx.deployment, ctx.usage)
+            return 0 if cost is None else _micro(cost)
+        if reached_provider(ctx) and unmeasured_keeps_reservation(ctx):
+            return reserved
+        return 0
+
+
+# --- answers ---------------------------------------------------------------------------------------
+
+
+def _usd(micro: int) -> str:
+    amount = Decimal(micro) / MICRO
+    text = f"{amount:.6f}".rstrip("0")
+    whole, _, fraction = text.partition(".")
+    return f"${whole}.{fraction.ljust(2, '0')}"
+
+
+def _in(seconds: float) -> str:
+    """A wait for people: ``3d 4h``, ``5h 3m``, ``2m 10s``, ``20s``."""
+    whole = max(math.ceil(seconds), 1)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def exceeded(verdict: Verdict, label: str) -> GatewayError:
+    """429 ``insufficient_quota`` naming the account, the period, the limit and when it resets."""
+    window = verdict.refused
+    assert window is not None
+    kind, _, period = window.name.partition(":")
+    used = verdict.used[window.name]
+    if kind == COST:
+        what = "Budget exceeded"
+        numbers = f"Limit {_usd(window.limit)}, Used {_usd(used)}, this request may cost up to {_usd(window.amount)}"
+        code = "budget_exceeded"
+    else:
+        what = "Quota exceeded"
+        numbers = f"Limit {window.limit}, Used {used}, Requested {window.amount}"
+        code = "quota_exceeded"
+    per = "in total" if period == Period.TOTAL else f"per {period}"
+    reset = verdict.reset.get(window.name)
+    headers: dict[str, str] = {}
+    if reset is None:
+        when = "This limit does not reset."
+    else:
+        moment = datetime.fromtimestamp(verdict.at + reset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = f"It resets at {moment} (in {_in(reset)})."
+        if verdict.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(verdict.retry_after)))
+    return GatewayError(
+        429,
+        f"{what} for {label} on {kind} {per}: {numbers}. {when}",
+        type="insufficient_quota",
+        code=code,
+        headers=headers,
+    )
+
+
+# --- hooks -----------------------------------------------------------------------------------------
+
+
+@hookimpl
+def lockgate_startup(gateway: Gateway) -> None:
+    gateway.plugin_state[NAME] = Budgets(gateway, gateway.config.plugin_config(NAME, BudgetsOptions))
+
+
+@hookimpl
+def lockgate_policy_check(ctx: RequestContext) -> Awaitable[None] | None:
+    budgets: Budgets = ctx.gateway.plugin_state[NAME]
+    return budgets.check(ctx)
+
+
+@hookimpl
+def lockgate_policy_settle(ctx: RequestContext) -> Awaitable[None] | None:
+    budgets: Budgets = ctx.gateway.plugin_state[NAME]
+    return budgets.settle(ctx)

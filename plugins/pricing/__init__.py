@@ -1,0 +1,1 @@
+"""Pricing plugins: where the prices of models come from."""
