@@ -276,7 +276,13 @@ async def test_ready_reports_the_database(
     server = serve(gateway_config(database_url))
     response = httpx.get(f"{server.url}/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "models": 1, "database": "ok"}
+    body = response.json()
+    assert {key: body[key] for key in ("status", "models", "database")} == {
+        "status": "ready",
+        "models": 1,
+        "database": "ok",
+    }
+    assert body["usage"]["dropped"] == 0
 
 
 def test_traffic_goes_on_when_the_database_is_unreachable(
