@@ -397,9 +397,8 @@ def test_a_redis_outage_follows_on_outage(start: Start, on_outage: str) -> None:
         assert api.balance("user", user) == 1 - 4 * COST
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # cuts a database server's connection
 def test_charges_wait_for_the_database_through_an_outage(backend: Backend, root_token: str) -> None:
-    if backend.dialect != "postgres":
-        pytest.skip("cuts the connection to a database server (PostgreSQL)")
     from tests.plugins.auth.conftest import TcpProxy
 
     parts = urlsplit(backend.url)
