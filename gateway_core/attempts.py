@@ -292,7 +292,7 @@ class Attempts:
         failure: Failure | None = None
         hint: float | None = None
         while calls < retry.attempts:
-            candidates, limited_for = self.usable(group, tried | banned)
+            candidates, limited_for = self.usable(group, tried or None)  # banned ones are in tried
             if not candidates and tried:
                 # Every usable deployment failed once: call one again after a back-off (and after the
                 # upstream's Retry-After, during which a 429'd deployment cools down).

@@ -21,6 +21,7 @@ from tortoise.expressions import Q
 
 from gateway_core.admin import schemas
 from gateway_core.admin.api import Call, Operation, fetch_page, not_found
+from gateway_core.admin.schemas import PlainDecimal
 from gateway_core.billing import Ledger, Owner, ledger_of
 from gateway_core.errors import GatewayError, bad_request
 from gateway_core.store import models
@@ -37,11 +38,11 @@ class Balance(BaseModel):
 
     owner_type: OwnerType
     owner_id: str
-    amount: Decimal = Field(
+    amount: PlainDecimal = Field(
         description="what the next request is checked against: the live balance, in which requests in "
         "flight hold their reservations; the stored amount when no gateway has loaded it"
     )
-    stored_amount: Decimal = Field(
+    stored_amount: PlainDecimal = Field(
         description="what the database holds; charges reach it in batches, within seconds"
     )
     updated_at: datetime
@@ -59,7 +60,7 @@ class BalanceQuery(schemas.PageQuery):
 class TopUpCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: Decimal = Field(
+    amount: PlainDecimal = Field(
         gt=0, lt=Decimal("1e10"), max_digits=18, decimal_places=8, description="USD to add"
     )
     note: Annotated[str, StringConstraints(max_length=1000)] = Field("", description="why, for the records")
@@ -75,8 +76,10 @@ class BillingRecord(BaseModel):
     owner_type: OwnerType
     owner_id: str
     kind: BillingKind
-    amount: Decimal
-    balance_after: Decimal | None = Field(description="the stored balance once this movement was written")
+    amount: PlainDecimal
+    balance_after: PlainDecimal | None = Field(
+        description="the stored balance once this movement was written"
+    )
     request_id: str | None = Field(description="the request charged (its x-request-id)")
     note: str
     actor: str | None = Field(description="the id of the admin user who made a top-up; null for charges")

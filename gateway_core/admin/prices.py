@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gateway_core.admin import schemas
 from gateway_core.admin.api import Call, Operation, conflict, fetch_page, not_found
+from gateway_core.admin.schemas import PlainDecimal
 from gateway_core.errors import GatewayError, bad_request
 from gateway_core.events import PRICES_CHANNEL
 from gateway_core.pricing import Price, PriceList, load_price_file
@@ -77,10 +78,10 @@ class PriceOverride(BaseModel):
     id: int
     model: str
     provider: str | None
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None
-    cache_write_per_mtok: Decimal | None
+    input_per_mtok: PlainDecimal
+    output_per_mtok: PlainDecimal
+    cached_input_per_mtok: PlainDecimal | None
+    cache_write_per_mtok: PlainDecimal | None
     source: str
     created_at: datetime
     updated_at: datetime
@@ -98,10 +99,10 @@ class PriceOverrideQuery(schemas.PageQuery):
 class PriceValues(BaseModel):
     """USD per million tokens, as decimal strings."""
 
-    input: Decimal
-    output: Decimal
-    cached_input: Decimal | None
-    cache_write: Decimal | None
+    input: PlainDecimal
+    output: PlainDecimal
+    cached_input: PlainDecimal | None
+    cache_write: PlainDecimal | None
 
 
 class EffectivePrice(BaseModel):

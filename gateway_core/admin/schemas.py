@@ -11,9 +11,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 from gateway_core.store.models import BudgetPeriod, Role
+
+#: A decimal amount (USD, prices) written in plain notation in JSON: ``"0.00000000"``, never ``"0E-8"``.
+PlainDecimal = Annotated[
+    Decimal, PlainSerializer(lambda value: f"{value:f}", return_type=str, when_used="json")
+]
 
 #: Largest value of the database's integer columns (32-bit signed).
 INT_MAX = 2**31 - 1
@@ -404,7 +409,7 @@ class UsageRecord(_Out):
     cache_write_tokens: int
     reasoning_tokens: int
     total_tokens: int
-    cost: Decimal | None = Field(description="USD as a decimal string; null when the price is unknown")
+    cost: PlainDecimal | None = Field(description="USD as a decimal string; null when the price is unknown")
     price_known: bool
     latency_ms: int
     ttfb_ms: int | None = Field(description="time to the first byte of a streamed answer")
@@ -454,7 +459,7 @@ class UsageStatsRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    cost: Decimal = Field(description="USD of the requests with a known price, as a decimal string")
+    cost: PlainDecimal = Field(description="USD of the requests with a known price, as a decimal string")
     unknown_cost_requests: int = Field(description="requests whose price is unknown (not in cost)")
     latency_avg_ms: float | None
     latency_p50_ms: float | None = Field(description="estimated from a histogram (bucket resolution)")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -104,7 +105,7 @@ def render_table(rows: list[StatsRow], interval: Interval, group_by: GroupBy) ->
             cells.append(row.group or "-")
         for _, name in _COLUMNS:
             value = data[name]
-            cells.append("-" if value is None else f"{value:.0f}" if isinstance(value, float) else str(value))
+            cells.append(_cell(value))
         lines.append(cells)
     widths = [max(len(cells[i]) for cells in (header, *lines)) for i in range(len(header))]
 
@@ -115,3 +116,14 @@ def render_table(rows: list[StatsRow], interval: Interval, group_by: GroupBy) ->
         ).rstrip()
 
     return "\n".join(line(cells) for cells in (header, *lines))
+
+
+def _cell(value: object) -> str:
+    """A table cell: latencies as whole milliseconds, costs in plain notation (never ``0E-8``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    if isinstance(value, Decimal):
+        return f"{value:.6f}"
+    return str(value)

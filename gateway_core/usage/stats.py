@@ -95,7 +95,7 @@ class StatsRow:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
-            "cost": str(self.cost),
+            "cost": f"{self.cost:f}",
             "unknown_cost_requests": self.unknown_cost_requests,
             "latency_avg_ms": _round(self.latency_avg_ms),
             "latency_p50_ms": _round(self.latency_p50_ms),
