@@ -266,6 +266,13 @@ class Gateway:
     async def settle(self, ctx: RequestContext) -> None:
         await self.plugins.call_each("lockgate_policy_settle", ctx=ctx)
 
+    def start_settle(self, ctx: RequestContext) -> None:
+        """Run the settle hooks of ``ctx``: their synchronous part now, what they await in a
+        background task (none when no plugin had anything to settle)."""
+        pending = self.plugins.start_each("lockgate_policy_settle", ctx=ctx)
+        if pending:
+            self.spawn(self.plugins.finish_each("lockgate_policy_settle", pending))
+
     # --- deployments managed in the database -------------------------------------------------------
 
     async def reload_models(self) -> bool:

@@ -365,7 +365,7 @@ def _finish(
     if gateway.usage_log is not None:
         gateway.usage_log.record(ctx)
     if settle and gateway.plugins.has_settle:
-        gateway.spawn(gateway.settle(ctx))
+        gateway.start_settle(ctx)
 
 
 async def _chat(deployment: Deployment, call: ProviderCall) -> CompletedResponse | ChatStream:

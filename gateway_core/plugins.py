@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from typing import Any
 
@@ -160,6 +160,32 @@ class PluginHost:
                 result = function(**{arg: kwargs[arg] for arg in argnames})
                 if inspect.isawaitable(result):
                     await result
+            except Exception as exc:
+                log.error("%s of plugin %s failed: %s: %s", hook_name, plugin, type(exc).__name__, exc)
+
+    def start_each(self, hook_name: str, **kwargs: Any) -> list[tuple[Awaitable[Any], str]]:
+        """Call every implementation now; return the awaitables the async ones answered (with their
+        plugin's name), for :meth:`finish_each`. A failing call is logged; the others still run.
+
+        Lets the core run background work only when some plugin has any: implementations that
+        answer None cost no task.
+        """
+        pending: list[tuple[Awaitable[Any], str]] = []
+        for function, argnames, plugin in self._callers[hook_name]:
+            try:
+                result = function(**{arg: kwargs[arg] for arg in argnames})
+            except Exception as exc:
+                log.error("%s of plugin %s failed: %s: %s", hook_name, plugin, type(exc).__name__, exc)
+                continue
+            if inspect.isawaitable(result):
+                pending.append((result, plugin))
+        return pending
+
+    async def finish_each(self, hook_name: str, pending: list[tuple[Awaitable[Any], str]]) -> None:
+        """Await what :meth:`start_each` returned, logging failures and going on."""
+        for awaitable, plugin in pending:
+            try:
+                await awaitable
             except Exception as exc:
                 log.error("%s of plugin %s failed: %s: %s", hook_name, plugin, type(exc).__name__, exc)
 
