@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import math
 import time
@@ -27,12 +26,13 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import aiohttp
 
 from gateway_core.errors import GatewayError
 from gateway_core.events import HEALTH_CHANNEL
+from gateway_core.resilience import HEALTH_FAILURES, Failure, classify, retry_after_seconds
 
 if TYPE_CHECKING:
     from gateway_core.config import HealthConfig
@@ -103,39 +103,18 @@ class SystemClock:
 # --- classifying failures ----------------------------------------------------------------------------
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``Retry-After-Ms`` or ``Retry-After`` (seconds or an HTTP date); None without one."""
-    seconds: float | None = None
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered == "retry-after-ms":
-            with contextlib.suppress(ValueError):
-                return max(0.0, float(value) / 1000)
-        elif lowered == "retry-after":
-            try:
-                seconds = max(0.0, float(value))
-            except ValueError:
-                with contextlib.suppress(TypeError, ValueError):
-                    seconds = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    return seconds if seconds is not None and math.isfinite(seconds) else None
-
-
 def upstream_failure(error: BaseException) -> tuple[FailureKind, float | None] | None:
     """What to report for an upstream call that raised ``error``: ``(kind, retry_after)``.
 
-    None when the error is the client's (a 400, an unsupported parameter): those are never reported.
+    None when the error is the client's (a 400, an unsupported parameter) or not the deployment's
+    doing (its own rate limits): those are never reported. The classification is the retry policy's.
     """
     if isinstance(error, GatewayError):
-        status, code = error.status, error.code
-        if status == 429:
-            return "rate_limited", retry_after_seconds(error.headers)
-        if code == "upstream_auth_error":
-            return "auth", None
-        if status == 504 or code == "upstream_timeout":
-            return "timeout", None
-        if code in ("upstream_unreachable", "upstream_connection_error"):
-            return "connection", None
-        return ("server_error", None) if status >= 500 else None
+        failure = classify(error)
+        if failure is None or failure not in HEALTH_FAILURES:
+            return None
+        retry_after = retry_after_seconds(error) if failure is Failure.RATE_LIMITED else None
+        return cast(FailureKind, failure.value), retry_after
     if isinstance(error, TimeoutError):
         return "timeout", None
     if isinstance(error, OSError | aiohttp.ClientError):

@@ -12,8 +12,12 @@ never retried once its first event reached the client.
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import fnmatch
+import math
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -90,20 +94,30 @@ def _is_context_window(error: GatewayError) -> bool:
 
 
 def retry_after_seconds(error: GatewayError) -> float | None:
-    """The upstream's ``retry-after-ms`` or ``Retry-After`` (seconds) hint of ``error``, if any."""
-    headers = error.headers
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name) or headers.get(name.title()) or headers.get(name.capitalize())
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            continue  # an HTTP date: rare from model APIs; the back-off applies
-        if seconds >= 0:
-            return seconds
+    """The upstream's retry hint of ``error`` in seconds: ``retry-after-ms``, else ``Retry-After``
+    (seconds or an HTTP date), else the error's own ``retry_after``; None without one."""
+    hint = header_retry_after(error.headers)
+    if hint is not None:
+        return hint
     retry_after = getattr(error, "retry_after", None)
     return float(retry_after) if isinstance(retry_after, int | float) else None
+
+
+def header_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` headers (any case); None without one."""
+    seconds: float | None = None
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "retry-after-ms":
+            with contextlib.suppress(ValueError):
+                return max(0.0, float(value) / 1000)
+        elif lowered == "retry-after":
+            try:
+                seconds = max(0.0, float(value))
+            except ValueError:
+                with contextlib.suppress(TypeError, ValueError):
+                    seconds = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True, slots=True)

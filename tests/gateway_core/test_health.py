@@ -227,10 +227,16 @@ def test_unknown_failure_kinds_are_refused() -> None:
 
 
 def test_upstream_errors_map_to_failure_kinds() -> None:
+    def upstream_429(**headers: str) -> GatewayError:
+        error = GatewayError(429, "slow down", headers=headers)
+        error.upstream_status = 429
+        return error
+
     cases: list[tuple[BaseException, Any]] = [
-        (GatewayError(429, "slow down", headers={"retry-after": "12"}), ("rate_limited", 12.0)),
-        (GatewayError(429, "slow down", headers={"retry-after-ms": "1500"}), ("rate_limited", 1.5)),
-        (GatewayError(429, "slow down"), ("rate_limited", None)),
+        (upstream_429(**{"retry-after": "12"}), ("rate_limited", 12.0)),
+        (upstream_429(**{"retry-after-ms": "1500"}), ("rate_limited", 1.5)),
+        (upstream_429(), ("rate_limited", None)),
+        (GatewayError(429, "this gateway's own limit", code="deployment_rate_limited"), None),
         (upstream_error("bad key", code="upstream_auth_error"), ("auth", None)),
         (upstream_error("timed out", status=504, code="upstream_timeout"), ("timeout", None)),
         (upstream_error("refused", code="upstream_unreachable"), ("connection", None)),

@@ -57,9 +57,9 @@ def test_classify(error: GatewayError, expected: Failure | None) -> None:
 def test_retry_after_prefers_milliseconds() -> None:
     assert retry_after_seconds(upstream(429, headers={"retry-after-ms": "250", "retry-after": "1"})) == 0.25
     assert retry_after_seconds(upstream(429, headers={"retry-after": "7"})) == 7
-    assert (
-        retry_after_seconds(upstream(429, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
-    )
+    past = upstream(429, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert retry_after_seconds(past) == 0  # an HTTP date already gone by
+    assert retry_after_seconds(upstream(429, headers={"retry-after": "soon"})) is None
     assert retry_after_seconds(upstream(429)) is None
 
 
