@@ -18,7 +18,7 @@ import fnmatch
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ log = logging.getLogger("lockgate.pricing")
 DEFAULT_TABLE = Path(__file__).resolve().parent.parent / "conf" / "prices.yaml"
 
 _MILLION = Decimal(1_000_000)
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,12 @@ class Price:
     output: Decimal
     cached_input: Decimal | None = None
     cache_write: Decimal | None = None
+    #: Every rate is zero (the mock provider, self-hosted models): costs need no arithmetic.
+    free: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rates = (self.input, self.output, self.cached_input or 0, self.cache_write or 0)
+        object.__setattr__(self, "free", not any(rates))
 
     @classmethod
     def from_config(cls, config: PriceConfig) -> Price:
@@ -57,6 +64,8 @@ class Price:
 
     def cost(self, usage: Usage) -> Decimal:
         """What ``usage`` costs, in USD."""
+        if self.free:
+            return _ZERO
         cached = max(usage.cached_tokens, 0)
         written = max(usage.cache_write_tokens, 0)
         plain = max(usage.prompt_tokens - cached - written, 0)
@@ -208,8 +217,8 @@ def max_output_tokens(body: Mapping[str, Any], default: int = 4096) -> int:
     else ``default``. Embeddings produce none."""
     if "input" in body and "messages" not in body:
         return 0
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return default
