@@ -263,9 +263,6 @@ class Gateway:
     async def check_policies(self, ctx: RequestContext) -> None:
         await self.plugins.call_all("lockgate_policy_check", ctx=ctx)
 
-    async def settle(self, ctx: RequestContext) -> None:
-        await self.plugins.call_each("lockgate_policy_settle", ctx=ctx)
-
     def start_settle(self, ctx: RequestContext) -> None:
         """Run the settle hooks of ``ctx``: their synchronous part now, what they await in a
         background task (none when no plugin had anything to settle)."""
