@@ -261,7 +261,10 @@ class Gateway:
         return group
 
     async def check_policies(self, ctx: RequestContext) -> None:
-        await self.plugins.call_all("lockgate_policy_check", ctx=ctx)
+        """Run every policy check: each hook is called before any is awaited, so checks that start
+        their counter operations in their synchronous part share one Redis round trip. The first
+        rejection in hook order is raised once every check has answered."""
+        await self.plugins.call_together("lockgate_policy_check", ctx=ctx)
 
     def start_settle(self, ctx: RequestContext) -> None:
         """Run the settle hooks of ``ctx``: their synchronous part now, what they await in a

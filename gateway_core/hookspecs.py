@@ -139,6 +139,10 @@ def lockgate_policy_check(ctx: RequestContext) -> Awaitable[None] | None:
     Runs per request for every policy plugin, after routing (``ctx.principal``, ``ctx.group`` and
     ``ctx.body`` are set). Raise :class:`~gateway_core.GatewayError` (e.g. 429 with a
     ``Retry-After`` header) to reject. Reserve what you need in ``ctx.state[YOUR_NAME]``.
+
+    Every plugin's check is called before any answer is awaited (then in hook order), so all run even
+    when one rejects, and the first rejection in hook order answers. Counter takes started in the
+    synchronous part (``Reservation.take_soon``) share one Redis round trip with the other policies'.
     """
 
 

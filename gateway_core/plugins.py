@@ -149,6 +149,43 @@ class PluginHost:
             if inspect.isawaitable(result):
                 await result
 
+    async def call_together(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation, then await what they answered, in pluggy's order.
+
+        Every implementation runs even when an earlier one raises (at call or while awaited); the
+        first exception in that order is raised once all have finished, so none is left half done.
+        """
+        pending: list[Awaitable[Any]] = []
+        first: BaseException | None = None
+        for function, argnames, _ in self._callers[hook_name]:
+            try:
+                result = function(**{arg: kwargs[arg] for arg in argnames})
+            except Exception as exc:
+                first = first or exc
+                continue
+            if inspect.isawaitable(result):
+                pending.append(result)
+        if not pending:
+            if first is not None:
+                raise first
+            return
+        if len(pending) == 1 and first is None:
+            await pending[0]
+            return
+        for index, awaitable in enumerate(pending):
+            try:
+                await awaitable
+            except Exception as exc:
+                first = first or exc
+            except BaseException:  # cancelled: the rest will never be awaited
+                for left in pending[index + 1 :]:
+                    close = getattr(left, "close", None)
+                    if close is not None:
+                        close()
+                raise
+        if first is not None:
+            raise first
+
     async def call_each(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation; one that fails is logged and the others still run.
 

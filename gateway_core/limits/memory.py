@@ -74,6 +74,10 @@ class MemoryCounters:
         return verdict_of(scope, windows, after, None, now, "memory")
 
     async def adjust(self, scope: str, window: Window, delta: int, at: float | None = None) -> None:
+        self.adjust_now(scope, window, delta, at)
+
+    def adjust_now(self, scope: str, window: Window, delta: int, at: float | None = None) -> None:
+        """:meth:`adjust`, for callers that cannot await."""
         if delta == 0:
             return
         now = self.clock()
@@ -97,6 +101,10 @@ class MemoryCounters:
         return token
 
     async def release(self, scope: str, name: str, token: str) -> None:
+        self.release_now(scope, name, token)
+
+    def release_now(self, scope: str, name: str, token: str) -> None:
+        """:meth:`release`, for callers that cannot await."""
         held = self._slots.get((scope, name))
         if held is not None:
             held.pop(token, None)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway_core.errors import GatewayError
 from gateway_core.limits.memory import MemoryCounters
-from gateway_core.limits.redis import RedisCounters
+from gateway_core.limits.redis import Batch, RedisCounters, verdicts_of
 from gateway_core.limits.windows import Backend, Verdict, Window
 
 if TYPE_CHECKING:
@@ -137,13 +137,34 @@ class Counters:
         ``at`` and ``backend`` come from the verdict of the take being corrected: a calendar window is
         adjusted in the period the take fell in, on the store that took it.
         """
+        pending = self.adjust_soon(scope, window, delta, at=at, backend=backend, urgent=True)
+        if pending is not None:
+            await asyncio.wait([pending])  # a failure is queued for replay, never raised
+
+    def adjust_soon(
+        self,
+        scope: str,
+        window: Window,
+        delta: int,
+        *,
+        at: float | None = None,
+        backend: Backend | None = None,
+        urgent: bool = False,
+    ) -> asyncio.Future[Any] | None:
+        """Start :meth:`adjust` now: on Redis it joins the next batch (``urgent``: the one of this
+        loop turn), so the settlements of one request share a round trip with each other and with
+        the checks of the next requests. Answers what to await for it to be written (or queued for
+        replay while Redis is down), None when it is done."""
         if delta == 0:
-            return
+            return None
         if self.redis is None or backend == "memory":
-            await self.memory.adjust(scope, window, delta, at)
-            return
+            self.memory.adjust_now(scope, window, delta, at)
+            return None
         redis = self.redis
-        await self._settle_on_redis(lambda: redis.adjust(scope, window, delta, at))
+        return self._settling(
+            redis.adjust_soon(scope, window, delta, at, urgent=urgent),
+            lambda: redis.adjust(scope, window, delta, at),
+        )
 
     async def give_back(
         self,
@@ -172,12 +193,50 @@ class Counters:
 
     async def release(self, scope: str, name: str, token: str) -> None:
         """Free a slot taken with :meth:`acquire`."""
+        pending = self.release_soon(scope, name, token, urgent=True)
+        if pending is not None:
+            await asyncio.wait([pending])
+
+    def release_soon(
+        self, scope: str, name: str, token: str, *, urgent: bool = False
+    ) -> asyncio.Future[Any] | None:
+        """Start :meth:`release` now (see :meth:`adjust_soon`)."""
         kind, raw = token[:2], token[2:]
         if kind == _IN_MEMORY or self.redis is None:
-            await self.memory.release(scope, name, raw)
-            return
+            self.memory.release_now(scope, name, raw)
+            return None
         redis = self.redis
-        await self._settle_on_redis(lambda: redis.release(scope, name, raw))
+        return self._settling(
+            redis.release_soon(scope, name, raw, urgent=urgent), lambda: redis.release(scope, name, raw)
+        )
+
+    def _settling(
+        self, written: asyncio.Future[Any], replay: Callable[[], Awaitable[None]]
+    ) -> asyncio.Future[Any]:
+        """``written``, with a failure for want of Redis queued for replay as soon as it is known
+        (whether or not anyone awaits it)."""
+        from gateway_core.store.kv import RedisUnavailable
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is None:
+                return
+            if isinstance(exc, RedisUnavailable):
+                self._outage(exc)
+                self._queue(replay)
+            else:
+                log.error("a limit settlement failed: %s: %s", type(exc).__name__, exc)
+
+        written.add_done_callback(done)
+        return written
+
+    def _queue(self, operation: Callable[[], Awaitable[None]]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(operation)
 
     # --- outages ----------------------------------------------------------------------------------
 
@@ -189,25 +248,20 @@ class Counters:
         try:
             result = await operation()
         except RedisUnavailable as exc:
-            self._outage(exc)
-            if self.on_outage == "closed":
-                self.refusals += 1
+            if not self.fall_back(exc):
                 raise limits_unavailable() from None
-            self.fallbacks += 1
             return False, None
         return True, result
 
-    async def _settle_on_redis(self, operation: Callable[[], Awaitable[None]]) -> None:
-        from gateway_core.store.kv import RedisUnavailable
-
-        try:
-            await operation()
-        except RedisUnavailable as exc:
-            self._outage(exc)
-            if len(self._pending) >= MAX_PENDING:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append(operation)
+    def fall_back(self, exc: BaseException) -> bool:
+        """A take could not reach Redis: True to take in memory instead (``on_outage: open``),
+        False when the request must be refused (counted)."""
+        self._outage(exc)
+        if self.on_outage == "closed":
+            self.refusals += 1
+            return False
+        self.fallbacks += 1
+        return True
 
     def _outage(self, exc: BaseException) -> None:
         if self._in_outage:
@@ -260,6 +314,9 @@ class Counters:
 
     async def stop(self) -> None:
         """Finish background roll-backs and replay what is pending while Redis is still reachable."""
+        if self.redis is not None:
+            await self.redis.flush()
+            await asyncio.sleep(0)  # the settlements' done callbacks queue what Redis missed
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
         if self._pending and self.redis is not None and not self._in_outage:
@@ -285,18 +342,99 @@ class Reservation:
         self.refusal: Verdict | None = None
         #: Concurrency slots held: (scope, name, token).
         self.slots: list[tuple[str, str, str]] = []
+        #: A batched take not yet looked at: its future, clock time and requests.
+        self._batched: tuple[asyncio.Future[Any], Batch, list[tuple[str, Sequence[Window]]]] | None = None
 
     @property
     def allowed(self) -> bool:
         return self.refusal is None
 
+    def take_soon(self, requests: Sequence[tuple[str, Sequence[Window]]]) -> Awaitable[None]:
+        """Start :meth:`take` now and answer what to await for its outcome.
+
+        On Redis the take of every scope is one all-or-nothing operation of this loop turn's batch:
+        policies that start their takes in the synchronous part of their check hook share one round
+        trip with each other and with the requests arriving together. (On Redis Cluster, where one
+        script cannot span scopes, and in memory, the scopes are taken in turn when awaited.)
+        """
+        requests = [(scope, windows) for scope, windows in requests if windows]
+        counters = self.counters
+        redis = counters.redis
+        if (
+            redis is None
+            or not requests
+            or not counters.healthy
+            or not redis.redis.healthy
+            or (len(requests) > 1 and not redis.spans_scopes)
+        ):
+            return self.take(requests)
+        future, batch = redis.take_soon(requests)
+        self._batched = (future, batch, requests)
+        return self._taken(future, batch, requests)
+
+    async def _taken(
+        self, future: asyncio.Future[Any], batch: Batch, requests: list[tuple[str, Sequence[Window]]]
+    ) -> None:
+        from gateway_core.store.kv import RedisUnavailable
+
+        try:
+            answer = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._abandon_batched()
+            raise
+        except RedisUnavailable as exc:
+            self._batched = None
+            if not self.counters.fall_back(exc):
+                raise limits_unavailable() from None
+            await self._take_each(requests, self.counters.memory.take)
+            return
+        self._batched = None
+        verdicts = verdicts_of(answer, requests, batch.now)
+        if verdicts[-1].allowed:
+            self.verdicts += verdicts
+        else:
+            self.refusal = verdicts[-1]  # nothing was taken
+
+    def _abandon_batched(self) -> None:
+        """A batched take nobody will look at (the request was cancelled, or its check never
+        awaited): once it answers, give back what it took."""
+        batched, self._batched = self._batched, None
+        if batched is None:
+            return
+        future, batch, requests = batched
+        if not future.done():
+            self.counters.spawn(self._undo_batched_when_done(future, batch, requests))
+        elif not future.cancelled() and future.exception() is None:
+            verdicts = verdicts_of(future.result(), requests, batch.now)
+            if verdicts[-1].allowed:
+                self.verdicts += verdicts
+
+    async def _undo_batched_when_done(
+        self, future: asyncio.Future[Any], batch: Batch, requests: list[tuple[str, Sequence[Window]]]
+    ) -> None:
+        try:
+            answer = await future
+        except Exception:
+            return
+        verdicts = verdicts_of(answer, requests, batch.now)
+        if verdicts[-1].allowed:
+            self.verdicts += verdicts
+        await self.release()
+
     async def take(self, requests: Sequence[tuple[str, Sequence[Window]]]) -> None:
         """Take each scope's windows in turn; on a refusal give back what was taken and set
         :attr:`refusal`."""
+        await self._take_each(requests, self.counters.take)
+
+    async def _take_each(
+        self,
+        requests: Sequence[tuple[str, Sequence[Window]]],
+        take: Callable[[str, Sequence[Window]], Awaitable[Verdict]],
+    ) -> None:
         for scope, windows in requests:
             if not windows:
                 continue
-            pending = asyncio.ensure_future(self.counters.take(scope, windows))
+            pending = asyncio.ensure_future(take(scope, windows))
             try:
                 verdict = await asyncio.shield(pending)
             except asyncio.CancelledError:
@@ -345,20 +483,40 @@ class Reservation:
     async def settle(self, used: Callable[[Window], int]) -> None:
         """Free the slots and correct every window by what the request really used
         (``used(window)``) minus its amount."""
+        await self.settle_soon(used)
+
+    def settle_soon(self, used: Callable[[Window], int]) -> Awaitable[None]:
+        """Start :meth:`settle` now: on Redis its operations join the next batch, so a
+        settle hook that calls this in its synchronous part shares the round trip with the other
+        policies settling the same request. Await the answer to know the settlement was written (or
+        queued for replay while Redis is down); it never raises."""
+        self._abandon_batched()
         slots, self.slots = self.slots, []
-        for scope, name, token in slots:
-            await self.counters.release(scope, name, token)
         verdicts, self.verdicts = self.verdicts, []
+        counters = self.counters
+        waits: list[asyncio.Future[Any]] = []
+        for scope, name, token in slots:
+            released = counters.release_soon(scope, name, token)
+            if released is not None:
+                waits.append(released)
         for verdict in verdicts:
             for window in verdict.windows:
-                await self.counters.adjust(
+                adjusted = counters.adjust_soon(
                     verdict.scope,
                     window,
                     used(window) - window.amount,
                     at=verdict.at,
                     backend=verdict.backend,
                 )
+                if adjusted is not None:
+                    waits.append(adjusted)
+        return _written(waits)
 
     async def release(self) -> None:
         """Give back everything taken and free every slot."""
         await self.settle(lambda window: 0)
+
+
+async def _written(waits: list[asyncio.Future[Any]]) -> None:
+    if waits:
+        await asyncio.wait(waits)

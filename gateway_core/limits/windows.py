@@ -98,21 +98,31 @@ class Verdict:
 # --- calendar periods ------------------------------------------------------------------------------
 
 
+#: The last period found per kind: (start, end, id), so most calls skip the date arithmetic.
+_last_period: dict[Period, tuple[float, float, str]] = {}
+
+
 def period_bounds(period: Period, now: float) -> tuple[str, float | None]:
     """The id of the period ``now`` falls in (``2026-05-31``, ``2026-05``, ``total``) and its end."""
     if period is Period.TOTAL:
         return "total", None
+    last = _last_period.get(period)
+    if last is not None and last[0] <= now < last[1]:
+        return last[2], last[1]
     moment = datetime.fromtimestamp(now, UTC)
     if period is Period.DAY:
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start.strftime("%Y-%m"), following.timestamp()
+        period_id, end = start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
+    else:
+        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
+        )
+        period_id, end = start.strftime("%Y-%m"), following.timestamp()
+    _last_period[period] = (start.timestamp(), end, period_id)
+    return period_id, end
 
 
 # --- the decision, shared by the memory backend and mirrored by the Lua scripts --------------------

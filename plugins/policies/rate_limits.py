@@ -161,21 +161,27 @@ class RateLimits:
         return None
 
     def check(self, ctx: RequestContext) -> Awaitable[None] | None:
-        """The check of a request, or None when no limit applies (nothing to await)."""
+        """The check of a request, or None when no limit applies (nothing to await). The take starts
+        now, so it shares its Redis round trip with the other policies' (see ``Reservation.take_soon``)."""
         scopes = self.scopes(ctx)
-        return self._check(ctx, scopes) if scopes else None
-
-    async def _check(self, ctx: RequestContext, scopes: list[Scope]) -> None:
+        if not scopes:
+            return None
         default_output = self.gateway.config.pricing.default_max_output_tokens
         tokens = estimate_prompt_tokens(ctx.body) + max_output_tokens(ctx.body, default_output)
         held = Held(Reservation(self.counters), tokens)
         ctx.state[NAME] = held  # before taking: a request cancelled meanwhile is settled from here
-        labels = {scope.key: scope.label for scope in scopes}
-        await held.reservation.take([(scope.key, scope.windows(tokens)) for scope in scopes])
+        taking = held.reservation.take_soon([(scope.key, scope.windows(tokens)) for scope in scopes])
+        return self._checked(ctx, held, taking, scopes)
+
+    async def _checked(
+        self, ctx: RequestContext, held: Held, taking: Awaitable[None], scopes: list[Scope]
+    ) -> None:
+        await taking
         refusal = held.reservation.refusal
         if refusal is not None:
             ctx.response_headers.update(rate_headers([refusal]))
-            raise rate_limited(refusal, labels[refusal.scope])
+            label = next(scope.label for scope in scopes if scope.key == refusal.scope)
+            raise rate_limited(refusal, label)
         for scope in scopes:
             parallel = scope.limits.max_parallel
             if parallel is None:
@@ -186,13 +192,13 @@ class RateLimits:
         ctx.response_headers.update(rate_headers(held.reservation.verdicts))
 
     def settle(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """Correct the windows to what the request used; started now, like the check."""
         held: Held | None = ctx.state.get(NAME)
-        return None if held is None else self._settle(ctx, held)
-
-    async def _settle(self, ctx: RequestContext, held: Held) -> None:
+        if held is None:
+            return None
         requests = 1 if reached_provider(ctx) else 0
         tokens = tokens_used(ctx, held.tokens)
-        await held.reservation.settle(lambda window: requests if window.name == REQUESTS else tokens)
+        return held.reservation.settle_soon(lambda window: requests if window.name == REQUESTS else tokens)
 
 
 def _is_glob(pattern: str) -> bool:

@@ -488,9 +488,10 @@ async def profile_lockgate(target: Target, out: Path, seconds: float) -> str:
     plain, _ = target.requests()
     try:
         await asyncio.sleep(0.5)
-        await run_load(
+        result = await run_load(
             HOST, target.server.port, plain, concurrency=CONCURRENCY, max_requests=10**6, max_seconds=seconds
         )
+        target.answered += sum(result.statuses.values())
         _, stderr = await asyncio.wait_for(process.communicate(), seconds + 30)
     finally:
         if process.returncode is None:
@@ -618,10 +619,13 @@ async def bench(
                 server.name: (proc_status_mb(server.pid, "VmRSS"), proc_status_mb(server.pid, "VmHWM"))
                 for server in running.all()
             }
-            if full_target is not None and setup is not None and evidence is not None:
-                await finish_full_policy(full_target, setup, evidence)
             if profile is not None:
                 progress(await profile_lockgate(lockgate, profile, profile_seconds))
+                if full_target is not None:
+                    full_out = profile.with_name(f"{profile.stem}-full{profile.suffix}")
+                    progress(await profile_lockgate(full_target, full_out, profile_seconds))
+            if full_target is not None and setup is not None and evidence is not None:
+                await finish_full_policy(full_target, setup, evidence)
             counts: dict[str, float] = {}
             if count and instructions.available():
                 progress("counting instructions per request under callgrind")
@@ -658,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the full policy profile (Redis rate limits, budget and usage log)",
     )
     parser.add_argument(
-        "--profile", metavar="PATH", help="also sample Lockgate with py-spy (.svg, .json, raw)"
+        "--profile", metavar="PATH", help="also sample Lockgate with py-spy (.svg, .json, raw); the full policy profile's worker "
+        "goes to the same name with -full before the suffix"
     )
     parser.add_argument(
         "--profile-seconds", type=float, default=15.0, help="length of the profile in seconds"

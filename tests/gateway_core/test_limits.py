@@ -4,6 +4,7 @@ outages (fail open into memory, or closed with 503), with a clock the tests move
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -58,12 +59,9 @@ async def _delete_prefix(redis: SharedRedis, prefix: str) -> None:
     await redis.run(delete)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Any]:
-    """Each backend, on the same clock; the Redis one on the test Redis under a prefix of its own."""
-    if request.param == "memory":
-        yield MemoryCounters(clock)
-        return
+@contextlib.asynccontextmanager
+async def _test_redis() -> AsyncIterator[tuple[SharedRedis, str]]:
+    """The test Redis and a key prefix of the test's own, removed afterwards."""
     url = os.environ.get(REDIS_ENV)
     if not url:
         pytest.skip(f"{REDIS_ENV} is not set")
@@ -71,10 +69,20 @@ async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[A
     await redis.start()
     prefix = f"lockgate-test-{uuid.uuid4().hex[:12]}"
     try:
-        yield RedisCounters(redis, prefix=prefix, clock=clock)
+        yield redis, prefix
     finally:
         await _delete_prefix(redis, prefix)
         await redis.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Any]:
+    """Each backend, on the same clock; the Redis one on the test Redis under a prefix of its own."""
+    if request.param == "memory":
+        yield MemoryCounters(clock)
+        return
+    async with _test_redis() as (redis, prefix):
+        yield RedisCounters(redis, prefix=prefix, clock=clock)
 
 
 # --- rolling windows (GCRA) --------------------------------------------------------------------------
@@ -336,5 +344,142 @@ async def test_an_outage_fails_closed_with_503_and_settlements_wait_for_redis(
             assert counters.status()["pending"] == 0
             verdict = await counters.take("key:w", [Window("tokens:total", 1000, Period.TOTAL, amount=0)])
             assert verdict.used["tokens:total"] == 200
+        finally:
+            await redis.stop()
+
+
+# --- batches: one round trip per loop turn ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def on_redis(clock: Clock) -> AsyncIterator[Counters]:
+    """Gateway counters on the test Redis, under a prefix of their own."""
+    async with _test_redis() as (redis, prefix):
+        counters = Counters(redis, prefix=prefix, clock=clock)
+        try:
+            yield counters
+        finally:
+            await counters.stop()
+
+
+def _trips(counters: Counters) -> int:
+    assert counters.redis is not None
+    return counters.redis.round_trips
+
+
+async def test_operations_started_together_share_one_round_trip(on_redis: Counters) -> None:
+    rpm = [Window("requests", 10, 60)]
+    before = _trips(on_redis)
+    verdicts = await asyncio.gather(*(on_redis.take(f"key:{n}", rpm) for n in range(8)))
+    assert [v.allowed for v in verdicts] == [True] * 8
+    assert _trips(on_redis) == before + 1
+    gave_back = [on_redis.adjust(f"key:{n}", rpm[0], -1, backend="redis") for n in range(8)]
+    await asyncio.gather(*gave_back)
+    assert _trips(on_redis) == before + 2
+    assert (await on_redis.take("key:3", [Window("requests", 10, 60, amount=0)])).used["requests"] == 0
+
+
+async def test_a_take_over_several_scopes_is_one_all_or_nothing_operation(on_redis: Counters) -> None:
+    assert (await on_redis.take("org:full", [Window("requests", 1, 60)])).allowed
+    before = _trips(on_redis)
+    reservation = Reservation(on_redis)
+    await reservation.take_soon(
+        [("key:k", [Window("requests", 5, 60)]), ("org:full", [Window("requests", 1, 60)])]
+    )
+    assert _trips(on_redis) == before + 1  # no roll-back needed: nothing was taken
+    assert reservation.refusal is not None and reservation.refusal.scope == "org:full"
+    assert reservation.verdicts == []
+    assert (await on_redis.take("key:k", [Window("requests", 5, 60, amount=0)])).used["requests"] == 0
+
+
+async def test_policies_checking_and_settling_together_share_round_trips(on_redis: Counters) -> None:
+    rpm, budget = Window("requests", 10, 60), Window("cost:day", 1000, Period.DAY, amount=300)
+    limits, budgets = Reservation(on_redis), Reservation(on_redis)
+    before = _trips(on_redis)
+    checks = [limits.take_soon([("key:p", [rpm])]), budgets.take_soon([("key:p", [budget])])]
+    for check in checks:
+        await check
+    assert _trips(on_redis) == before + 1
+    settles = [limits.settle_soon(lambda w: 1), budgets.settle_soon(lambda w: 120)]
+    for settle in settles:
+        await settle
+    assert _trips(on_redis) == before + 2
+    spent = await on_redis.take("key:p", [Window("cost:day", 1000, Period.DAY, amount=0)])
+    assert spent.used["cost:day"] == 120
+
+
+async def test_a_settlement_rides_along_with_the_next_take(on_redis: Counters) -> None:
+    tpm = Window("tokens", 1000, 60, amount=400)
+    reservation = Reservation(on_redis)
+    await reservation.take_soon([("key:ride", [tpm])])
+    before = _trips(on_redis)
+    settling = reservation.settle_soon(lambda window: 100)
+    await Reservation(on_redis).take_soon([("key:other", [tpm])])
+    await settling
+    assert _trips(on_redis) == before + 1
+    assert (await on_redis.take("key:ride", [Window("tokens", 1000, 60, amount=0)])).used["tokens"] == 100
+
+
+async def test_on_redis_cluster_a_batch_holds_one_scope(on_redis: Counters) -> None:
+    assert on_redis.redis is not None
+    on_redis.redis.spans_scopes = False  # as with ``redis.cluster: true``
+    before = _trips(on_redis)
+    rpm = [Window("requests", 1, 60)]
+    await asyncio.gather(
+        on_redis.take("key:c1", rpm), on_redis.take("key:c1", rpm), on_redis.take("org:c1", rpm)
+    )
+    assert _trips(on_redis) == before + 2  # one per scope
+    reservation = Reservation(on_redis)
+    await reservation.take_soon([("key:c2", rpm), ("org:c1", rpm)])  # scope by scope, rolled back
+    assert reservation.refusal is not None and reservation.refusal.scope == "org:c1"
+    assert (await on_redis.take("key:c2", [Window("requests", 1, 60, amount=0)])).used["requests"] == 0
+
+
+async def test_a_batched_take_never_looked_at_is_given_back(on_redis: Counters) -> None:
+    rpm = [Window("requests", 5, 60)]
+    reservation = Reservation(on_redis)
+    check = reservation.take_soon([("key:lost", rpm), ("org:lost", rpm)])
+    check.close()  # type: ignore[attr-defined]  # a check never awaited (its request was cancelled)
+    await reservation.settle_soon(lambda window: 0)
+    await on_redis.stop()
+    for scope in ("key:lost", "org:lost"):
+        assert (await on_redis.take(scope, [Window("requests", 5, 60, amount=0)])).used["requests"] == 0
+
+
+async def test_a_batched_take_cancelled_midway_is_given_back(on_redis: Counters) -> None:
+    rpm = [Window("requests", 5, 60)]
+    reservation = Reservation(on_redis)
+    taking = asyncio.ensure_future(reservation.take_soon([("key:cx", rpm), ("org:cx", rpm)]))
+    await asyncio.sleep(0)  # the batch is under way
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    await on_redis.stop()  # waits for the background roll-back
+    for scope in ("key:cx", "org:cx"):
+        assert (await on_redis.take(scope, [Window("requests", 5, 60, amount=0)])).used["requests"] == 0
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_a_batch_lost_to_an_outage_follows_the_outage_mode(
+    clock: Clock, fast_probe: None, mode: str
+) -> None:
+    with RedisServer() as server:
+        redis = SharedRedis(RedisConfig(url=server.url, timeout=0.3))
+        await redis.start()
+        counters = Counters(redis, on_outage=mode, clock=clock)
+        try:
+            rpm = [Window("requests", 5, 60)]
+            await counters.take("key:o", rpm)
+            server.kill()
+            reservation = Reservation(counters)
+            if mode == "open":
+                await reservation.take_soon([("key:o", rpm), ("org:o", rpm)])
+                assert [v.backend for v in reservation.verdicts] == ["memory", "memory"]
+                assert counters.fallbacks == 1
+            else:
+                with pytest.raises(GatewayError) as refused:
+                    await reservation.take_soon([("key:o", rpm), ("org:o", rpm)])
+                assert refused.value.code == "limits_unavailable" and counters.refusals == 1
+            assert counters.outages == 1
         finally:
             await redis.stop()

@@ -127,3 +127,33 @@ async def test_client_leaving_before_the_answer_is_settled_as_cancelled(policy_s
     await asyncio.to_thread(recorder.wait_for, 1)
     assert time.monotonic() - started < 2.5, "the cancel must not wait for the slow answer"
     assert recorder.settled == [("reserved", 499, None)]
+
+
+class Gate:
+    """A second policy plugin: rejects prompts containing "closed" with its own error."""
+
+    def __init__(self) -> None:
+        self.checked: list[str] = []
+
+    @hookimpl
+    def lockgate_policy_check(self, ctx: RequestContext) -> None:
+        self.checked.append(ctx.request_id)
+        if "closed" in str(ctx.body.get("messages")):
+            raise GatewayError(403, "The gate is closed.", type="permission_error")
+
+
+def test_every_policy_is_checked_and_the_first_rejection_in_hook_order_answers() -> None:
+    recorder, gate = Recorder(), Gate()
+    plugins = [("recorder", recorder), ("gate", gate)]
+    with GatewayServer(CONFIG, extra_plugins=plugins) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "forbidden and closed"}]
+            )
+        # pluggy calls the plugin registered last first: the gate answers, the recorder ran too.
+        assert info.value.status_code == 403
+        assert info.value.body["message"] == "The gate is closed."  # type: ignore[index]
+        assert len(recorder.checked) == len(gate.checked) == 1
+        recorder.wait_for(1)
+        assert recorder.settled == [("reserved", 403, None)]

@@ -194,6 +194,26 @@ def test_two_gateways_on_one_redis_keep_one_global_limit(
     assert statuses[:5] == [200] * 5  # the sixth request, on either gateway, is the first refused
 
 
+def test_rate_limits_and_budget_cost_at_most_one_redis_round_trip_before_and_one_after_a_call(
+    serve: Callable[..., GatewayServer], redis_url: str
+) -> None:
+    name, key = unique("trips"), secret()
+    data = config([{"name": name, "key": key, "rpm": 100, "tpm": 100_000}], redis={"url": redis_url})
+    data["plugins"]["budgets"] = {"defaults": {"key": {"requests": {"day": 100}, "tokens": {"day": 10**6}}}}
+    server = serve(data)
+    redis = server.gateway.counters.redis
+    assert redis is not None
+    before = redis.round_trips
+    for _ in range(5):
+        headers = chat(server, key)
+        assert headers["x-ratelimit-limit-requests"] == "100"
+    settled(server)
+    # The checks of both policies share one, and so do both settlements (which often ride along
+    # with the next request's checks).
+    assert 5 < redis.round_trips - before <= 10
+    assert used(server, f"rl:key:config_keys:{name}", Window("requests", 100, 60)) == 5
+
+
 async def test_concurrent_requests_on_two_gateways_never_pass_the_global_limit(
     serve: Callable[..., GatewayServer], redis_url: str
 ) -> None:
