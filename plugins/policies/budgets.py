@@ -41,8 +41,9 @@ log = logging.getLogger("lockgate.policies.budgets")
 REQUESTS = "requests"
 TOKENS = "tokens"
 COST = "cost"
-#: Counters hold cost in micro-dollars, the precision budgets are stored with.
-MICRO = Decimal(1_000_000)
+#: Counters hold cost in nano-dollars: a request's cost rounds up by at most $0.000000001, so a budget
+#: counts what the usage records say. Counts are exact up to 2**53 nano-dollars ($9 million) per period.
+NANO = Decimal(1_000_000_000)
 #: Most principals whose accounts are remembered (they are rebuilt on a miss).
 MAX_CACHED = 10_000
 
@@ -107,7 +108,7 @@ class Account:
 
     key: str
     label: str
-    #: (kind, period, limit): requests and tokens as counts, cost in micro-dollars.
+    #: (kind, period, limit): requests and tokens as counts, cost in nano-dollars.
     limits: tuple[tuple[str, Period, int], ...]
 
     def windows(self, tokens: int, cost: int) -> list[Window]:
@@ -117,8 +118,8 @@ class Account:
         ]
 
 
-def _micro(usd: Decimal) -> int:
-    return int((usd * MICRO).to_integral_value(rounding=ROUND_CEILING))
+def _nano(usd: Decimal) -> int:
+    return int((usd * NANO).to_integral_value(rounding=ROUND_CEILING))
 
 
 def _limits(quotas: Quotas) -> tuple[tuple[str, Period, int], ...]:
@@ -130,7 +131,7 @@ def _limits(quotas: Quotas) -> tuple[tuple[str, Period, int], ...]:
                 found.append((kind, period, count))
         money = getattr(quotas.cost, period.value)
         if money is not None:
-            found.append((COST, period, _micro(money)))
+            found.append((COST, period, _nano(money)))
     return tuple(found)
 
 
@@ -239,7 +240,7 @@ class Budgets:
                 f"price:{name}", "model %r has no known price: budgets reserve no cost for its calls", name
             )
             return 0
-        return _micro(price.worst_case(prompt, output))
+        return _nano(price.worst_case(prompt, output))
 
     def check(self, ctx: RequestContext) -> Awaitable[None] | None:
         """The check of a request, or None when no quota applies (nothing to await). The take starts
@@ -277,14 +278,14 @@ class Budgets:
         return held.reservation.settle_soon(lambda window: used[window.name.partition(":")[0]])
 
     def cost_of(self, ctx: RequestContext, reserved: int) -> int:
-        """The micro-dollars to charge for a finished request that reserved ``reserved``."""
+        """The nano-dollars to charge for a finished request that reserved ``reserved``."""
         if ctx.cost is not None:
-            return _micro(ctx.cost)
+            return _nano(ctx.cost)
         if ctx.usage is not None:
             if ctx.deployment is None:
                 return 0
             cost = self.gateway.pricing.cost(ctx.deployment, ctx.usage)
-            return 0 if cost is None else _micro(cost)
+            return 0 if cost is None else _nano(cost)
         if reached_provider(ctx) and unmeasured_keeps_reservation(ctx):
             return reserved
         return 0
@@ -293,8 +294,8 @@ class Budgets:
 # --- answers ---------------------------------------------------------------------------------------
 
 
-def _usd(micro: int) -> str:
-    amount = Decimal(micro) / MICRO
+def _usd(nano: int) -> str:
+    amount = Decimal(nano) / NANO
     text = f"{amount:.6f}".rstrip("0")
     whole, _, fraction = text.partition(".")
     return f"${whole}.{fraction.ljust(2, '0')}"

@@ -158,12 +158,12 @@ class Evidence:
 
     #: The ``x-ratelimit-*`` headers of the first answer.
     rate_headers: dict[str, str] = field(default_factory=dict)
-    #: The first request's real cost in micro-dollars, which its budget reservation was settled to.
-    first_cost_micro_usd: int = 0
+    #: The first request's real cost in nano-dollars, which its budget reservation was settled to.
+    first_cost_nano_usd: int = 0
     #: Answers the gateway gave (every status), counted by the load generator.
     answered: int = 0
-    #: Micro-dollars the key's daily budget counter held after the run.
-    budget_micro_usd: int = 0
+    #: Nano-dollars the key's daily budget counter held after the run.
+    budget_nano_usd: int = 0
     #: Usage records in the database after the gateway stopped, those with a cost, and their cost.
     records: int = 0
     priced: int = 0
@@ -188,20 +188,19 @@ class Evidence:
             )
             + f"; the counters stayed in Redis ({self.redis_fallbacks} fall-backs to memory).",
             "Budget: the first request's reservation was settled to its real cost, "
-            f"${self.first_cost_micro_usd / 1e6:.6f}; after the run the key's daily budget in Redis held "
-            f"${self.budget_micro_usd / 1e6:.6f} (whole micro-dollars per request) for "
-            f"${self.cost_usd:.6f} of cost in the usage records.",
+            f"${self.first_cost_nano_usd / 1e9:.9f}; after the run the key's daily budget in Redis held "
+            f"${self.budget_nano_usd / 1e9:.9f} for ${self.cost_usd:.9f} of cost in the usage records.",
             f"Usage log: {self.records:,} records in the database for {self.answered:,} answers "
             f"({share:.1%}), {self.priced:,} of them with a cost.",
         ]
 
 
-def cost_micro_usd(usage: dict[str, Any]) -> int:
-    """What an answer's usage costs at :data:`PRICE`, in whole micro-dollars rounded up (as budgets
+def cost_nano_usd(usage: dict[str, Any]) -> int:
+    """What an answer's usage costs at :data:`PRICE`, in whole nano-dollars rounded up (as budgets
     charge it; the fake upstream reports no cached tokens)."""
     prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    micro = prompt * Decimal(PRICE["input"]) + completion * Decimal(PRICE["output"])
-    return int(micro.to_integral_value(rounding=ROUND_CEILING))
+    micro = prompt * Decimal(PRICE["input"]) + completion * Decimal(PRICE["output"])  # USD per million
+    return int((micro * 1000).to_integral_value(rounding=ROUND_CEILING))
 
 
 async def verify_enforced(
@@ -223,7 +222,7 @@ async def verify_enforced(
     remaining = found.get("x-ratelimit-remaining-requests", "")
     if not remaining.isdigit() or int(remaining) >= RATE_LIMIT:
         raise RuntimeError(f"full policy: the request was not counted (remaining requests {remaining!r})")
-    cost = cost_micro_usd(orjson.loads(answer)["usage"])
+    cost = cost_nano_usd(orjson.loads(answer)["usage"])
     # The budget is settled after the answer is sent: wait for the counter to grow by the real cost.
     deadline = time.monotonic() + 5.0
     while (charged := await budget_charged(name, redis_url) - before) != cost:
@@ -233,7 +232,7 @@ async def verify_enforced(
                 f"{cost} µUSD"
             )
         await asyncio.sleep(0.05)
-    return Evidence(rate_headers=found, first_cost_micro_usd=cost)
+    return Evidence(rate_headers=found, first_cost_nano_usd=cost)
 
 
 async def readiness(port: int, host: str = "127.0.0.1") -> dict[str, Any]:

@@ -550,7 +550,7 @@ async def verify_full_policy(target: Target, setup: FullPolicySetup) -> full_pol
     )
     target.answered += 1
     headers = ", ".join(f"{name}: {value}" for name, value in sorted(evidence.rate_headers.items()))
-    progress(f"full policy: {headers}; budget settled at {evidence.first_cost_micro_usd} µUSD")
+    progress(f"full policy: {headers}; budget settled at {evidence.first_cost_nano_usd} nUSD")
     return evidence
 
 
@@ -561,12 +561,12 @@ async def finish_full_policy(target: Target, setup: FullPolicySetup, evidence: f
     target.server.stop()
     full_policy.stored_usage(setup.database, evidence)
     evidence.answered = target.answered
-    evidence.budget_micro_usd = await full_policy.budget_charged(setup.key_name)
+    evidence.budget_nano_usd = await full_policy.budget_charged(setup.key_name)
     await full_policy.drop_counters(setup.key_name)
     progress(
         f"full policy: {evidence.records:,} usage records stored for {evidence.answered:,} requests "
-        f"answered ({evidence.priced:,} with a cost, ${evidence.cost_usd:.6f}); budget counter "
-        f"${evidence.budget_micro_usd / 1e6:.6f}; {evidence.redis_fallbacks} Redis fall-backs"
+        f"answered ({evidence.priced:,} with a cost, ${evidence.cost_usd:.9f}); budget counter "
+        f"${evidence.budget_nano_usd / 1e9:.9f}; {evidence.redis_fallbacks} Redis fall-backs"
     )
 
 
@@ -662,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the full policy profile (Redis rate limits, budget and usage log)",
     )
     parser.add_argument(
-        "--profile", metavar="PATH", help="also sample Lockgate with py-spy (.svg, .json, raw); the full policy profile's worker "
-        "goes to the same name with -full before the suffix"
+        "--profile",
+        metavar="PATH",
+        help="also sample Lockgate with py-spy (.svg, .json, raw); the full policy profile's worker "
+        "goes to the same name with -full before the suffix",
     )
     parser.add_argument(
         "--profile-seconds", type=float, default=15.0, help="length of the profile in seconds"

@@ -68,10 +68,10 @@ def test_the_profile_adds_limits_a_budget_a_price_and_the_usage_log_to_the_core_
     assert "budgets" not in core["plugins"] and "redis" not in core and "database" not in core
 
 
-def test_a_request_costs_its_tokens_at_the_profile_price_in_whole_micro_dollars() -> None:
-    # 12 x 0.15 + 9 x 0.60 = 7.2 micro-dollars, charged as 8.
-    assert full_policy.cost_micro_usd({"prompt_tokens": 12, "completion_tokens": 9}) == 8
-    assert full_policy.cost_micro_usd({"prompt_tokens": 20, "completion_tokens": 5}) == 6
+def test_a_request_costs_its_tokens_at_the_profile_price_in_nano_dollars() -> None:
+    # 12 x 0.15 + 9 x 0.60 = 7.2 micro-dollars.
+    assert full_policy.cost_nano_usd({"prompt_tokens": 12, "completion_tokens": 9}) == 7_200
+    assert full_policy.cost_nano_usd({"prompt_tokens": 20, "completion_tokens": 5}) == 6_000
 
 
 async def test_without_redis_the_profile_is_skipped_with_the_reason(
@@ -105,9 +105,9 @@ async def test_the_profile_rate_limits_charges_and_logs_every_request(
 
     assert evidence.rate_headers["x-ratelimit-limit-requests"] == str(full_policy.RATE_LIMIT)
     assert evidence.rate_headers["x-ratelimit-remaining-requests"] == str(full_policy.RATE_LIMIT - 1)
-    assert evidence.first_cost_micro_usd > 0
+    assert evidence.first_cost_nano_usd > 0
     assert evidence.redis_fallbacks == 0
     assert (evidence.records, evidence.priced) == (1, 1)
-    assert evidence.cost_usd * 1_000_000 <= evidence.first_cost_micro_usd < evidence.cost_usd * 1_000_000 + 1
+    assert evidence.cost_usd * 10**9 <= evidence.first_cost_nano_usd < evidence.cost_usd * 10**9 + 1
     assert dropped >= 1  # the budget counter (rate windows expire once drained: at once, at these limits)
     assert await full_policy.budget_charged(name, redis_url) == 0

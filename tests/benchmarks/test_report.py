@@ -51,9 +51,9 @@ def report(*, full: bool) -> Report:
                 "x-ratelimit-limit-requests": "10000000",
                 "x-ratelimit-remaining-requests": "9999999",
             },
-            first_cost_micro_usd=8,
+            first_cost_nano_usd=7_200,
             answered=40_000,
-            budget_micro_usd=310_000,
+            budget_nano_usd=280_000_000,
             records=40_000,
             priced=40_000,
             cost_usd=Decimal("0.28"),
@@ -104,7 +104,8 @@ def test_the_full_policy_section_gives_the_cost_of_the_policies_per_request_and_
     assert "rate" in section and "budget" in section and "usage log" in section
     assert "`x-ratelimit-limit-requests: 10000000`" in section
     assert "40,000 records in the database for 40,000 answers (100.0%)" in section
-    assert "settled to its real cost, $0.000008" in section
+    assert "settled to its real cost, $0.000007200" in section
+    assert "budget in Redis held $0.280000000 for $0.280000000 of cost" in section
 
 
 def test_a_skipped_full_policy_profile_says_why_and_leaves_the_other_figures() -> None:

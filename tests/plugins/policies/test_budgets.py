@@ -129,8 +129,8 @@ async def test_concurrent_requests_cannot_overspend_a_budget(
         "this request may cost up to $0.005."
     )
     await asyncio.to_thread(settled, server)
-    window = Window("cost:total", 50_000, Period.TOTAL)
-    assert await asyncio.to_thread(used, server, f"bq:key:config_keys:{name}", window) == 50_000
+    window = Window("cost:total", 50_000_000, Period.TOTAL)  # nano-dollars
+    assert await asyncio.to_thread(used, server, f"bq:key:config_keys:{name}", window) == 50_000_000
 
 
 def test_a_request_refused_by_another_policy_gives_its_reservation_back(
@@ -175,7 +175,7 @@ def test_a_model_without_a_price_is_served_and_flagged(
     chat(server, key)
     assert server.gateway.plugin_state["budgets"].unpriced == 2
     settled(server)
-    assert used(server, f"bq:key:config_keys:{name}", Window("cost:day", 1_000_000, Period.DAY)) == 0
+    assert used(server, f"bq:key:config_keys:{name}", Window("cost:day", 10**9, Period.DAY)) == 0
 
 
 # --- the organization tree, from the database ----------------------------------------------------------------
