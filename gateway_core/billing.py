@@ -10,9 +10,11 @@ request path reads and changes balances in a live store instead, so it never wai
 A balance is loaded into the live store from the database the first time it is needed (and, in
 memory, for every balance at start-up); an owner without a balance row is remembered as such for
 :data:`ABSENT_SECONDS`. Charges change the live balance at once and reach the database through the
-:class:`BillingWriter`, in batches off the request path. Top-ups change the database first, then add
-to the live balance (never overwrite it), under a per-owner lock that loading takes too, so a
-top-up is counted exactly once whatever requests are in flight.
+:class:`BillingWriter`, in batches off the request path, each charge once (an idempotency key per
+charge); what the database cannot take at shutdown, or during a long outage, waits in a spool on
+disk and is replayed when a gateway starts and when the database is back. Top-ups change the
+database first, then add to the live balance (never overwrite it), under a per-owner lock that
+loading takes too, so a top-up is counted exactly once whatever requests are in flight.
 
 While Redis is unreachable, ``redis.on_outage: open`` serves balances from this worker's memory
 (loaded from the database); what Redis missed meanwhile is applied to it when it is back.
@@ -31,18 +33,22 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 
 from gateway_core.store.database import DatabaseUnavailable, is_outage
 from gateway_core.store.kv import RedisUnavailable
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
+from gateway_core.usage.records import new_event_id
+from gateway_core.usage.spool import Spool, spool_folder
 
 if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
@@ -65,6 +71,10 @@ LOCK_WAIT = 5.0
 SHUTDOWN_FLUSH_SECONDS = 10.0
 #: Seconds between two warnings about billing records waiting for the database.
 WARN_EVERY_SECONDS = 30.0
+#: Billing records held in memory while the database cannot take them; beyond, they go to the spool.
+QUEUE_SIZE = 100_000
+#: Event ids looked up per query when a batch is written.
+STORED_IDS_PER_QUERY = 500
 #: The key of the gateway's ledger in ``gateway.plugin_state``.
 STATE_KEY = "billing.ledger"
 
@@ -333,7 +343,10 @@ class RedisBalances(BalanceStore):
 
 @dataclass(frozen=True, slots=True)
 class Movement:
-    """A billing record waiting to be written: a charge (negative units) or a refund."""
+    """A billing record waiting to be written: a charge (negative units) or a refund.
+
+    ``event_id`` is random and unique: the writer stores a movement once, however often it is written.
+    """
 
     owner: Owner
     kind: BillingKind
@@ -341,47 +354,133 @@ class Movement:
     request_id: str | None
     note: str
     created_at: datetime
+    event_id: str = field(default_factory=new_event_id)
+
+    def to_json(self) -> bytes:
+        """One line of the spool (without the newline)."""
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "owner_type": self.owner.type.value,
+                "owner_id": self.owner.id,
+                "kind": self.kind.value,
+                "units": self.units,
+                "request_id": self.request_id,
+                "note": self.note,
+                "created_at": self.created_at.isoformat(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> Movement:
+        """A movement from a spool line; raises ``ValueError`` (or ``TypeError``/``KeyError``) when
+        malformed."""
+        data = orjson.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        created_at = datetime.fromisoformat(data["created_at"])
+        request_id = data["request_id"]
+        return cls(
+            owner=Owner(OwnerType(data["owner_type"]), str(data["owner_id"])),
+            kind=BillingKind(data["kind"]),
+            units=int(data["units"]),
+            request_id=None if request_id is None else str(request_id),
+            note=str(data["note"]),
+            created_at=created_at if created_at.tzinfo is not None else created_at.replace(tzinfo=UTC),
+            event_id=str(data["event_id"]),
+        )
 
 
 class BillingWriter:
     """Writes charges as billing records and balance updates, in batches off the request path.
 
     Every ``interval`` seconds (sooner when ``batch_size`` records wait), one transaction per batch
-    adds the records and changes the balances. While the database is unreachable records wait in
-    memory and are written once it answers again; :meth:`close` writes what is left.
+    adds the records and changes the balances. Writes are idempotent: a movement whose ``event_id`` is
+    stored already is skipped, and only the records actually inserted change the balances.
+
+    While the database is unreachable records wait in memory and are written once it answers again.
+    With a ``spool``, more than ``queue_size`` waiting records, and whatever :meth:`close` cannot
+    write, go to the spool on disk; :meth:`start` and the database's recovery replay it through the same
+    idempotent write, so a spool replayed twice (a crash before its file was deleted) charges once.
     """
 
-    def __init__(self, database: Database, interval: float = 1.0, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        database: Database,
+        interval: float = 1.0,
+        batch_size: int = 500,
+        *,
+        spool: Spool[Movement] | None = None,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
         self.database = database
         self.interval = interval
         self.batch_size = batch_size
+        self.spool = spool
+        self.queue_size = queue_size
         self._queue: deque[Movement] = deque()
-        #: Units queued per owner and not yet written (subtracted when a balance is loaded).
+        #: Units per owner not in the database yet (subtracted when a balance is loaded): the queued
+        #: records and those of the spool files this writer wrote or counted.
         self.pending: dict[Owner, int] = {}
+        #: The units per owner of each spool file counted in ``pending``, until it is written.
+        self._spooled: dict[Path, dict[Owner, int]] = {}
+        self._replay_due = False
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._overflow: asyncio.Task[None] | None = None
         self._warned_at = -WARN_EVERY_SECONDS
-        database.on_recover(self._wake.set)
+        database.on_recover(self._recovered)
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def add(self, movement: Movement) -> None:
         self._queue.append(movement)
-        self.pending[movement.owner] = self.pending.get(movement.owner, 0) + movement.units
+        self._count(movement.owner, movement.units)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
+        if len(self._queue) > self.queue_size and self.spool is not None and self._overflow is None:
+            self._overflow = asyncio.get_running_loop().create_task(
+                self._spool_queue(), name="lockgate-billing-spooler"
+            )
 
-    def start(self) -> None:
+    def _count(self, owner: Owner, units: int) -> None:
+        left = self.pending.get(owner, 0) + units
+        if left:
+            self.pending[owner] = left
+        else:
+            self.pending.pop(owner, None)
+
+    async def start(self) -> None:
+        """Replay the spool, then write in the background. Call it before balances are loaded: while
+        the database is unreachable, the spool's records are counted as pending instead."""
+        if self.spool is not None:
+            try:
+                if self.database.healthy:
+                    await self.replay()
+                else:
+                    await self._count_spool()
+            except Exception as exc:  # the files stay for the next replay
+                log.error("the billing spool could not be read: %s: %s", type(exc).__name__, exc)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="lockgate-billing-writer")
+
+    def _recovered(self) -> None:
+        self._replay_due = self.spool is not None
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
+            # Not ``wait_for``: it can swallow a cancellation that comes as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            if await self.flush() and self._replay_due and self.database.healthy:
+                try:
+                    await self.replay()
+                except Exception as exc:
+                    log.error("replaying the billing spool failed: %s: %s", type(exc).__name__, exc)
 
     async def flush(self) -> bool:
         """Write every waiting record; False when some could not be written (they keep waiting)."""
@@ -392,16 +491,15 @@ class BillingWriter:
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
                 try:
                     await self.database.run(self._write(batch))
-                except Exception as exc:
+                except BaseException as exc:
+                    # Also when cancelled: the batch may have been stored, but writing it again is safe.
                     self._queue.extendleft(reversed(batch))
+                    if not isinstance(exc, Exception):
+                        raise
                     self._report(exc)
                     return False
                 for movement in batch:
-                    left = self.pending.get(movement.owner, 0) - movement.units
-                    if left:
-                        self.pending[movement.owner] = left
-                    else:
-                        self.pending.pop(movement.owner, None)
+                    self._count(movement.owner, -movement.units)
             return True
 
     def _report(self, exc: BaseException) -> None:
@@ -417,22 +515,33 @@ class BillingWriter:
                 exc,
             )
 
-    async def _write(self, batch: list[Movement]) -> None:
-        by_owner: dict[Owner, list[Movement]] = {}
+    async def _write(self, batch: list[Movement]) -> int:
+        """Store the movements not stored yet and add exactly those to their balances, in one
+        transaction; returns how many records were new."""
+        by_owner: dict[Owner, dict[str, Movement]] = {}
         for movement in batch:
-            by_owner.setdefault(movement.owner, []).append(movement)
+            by_owner.setdefault(movement.owner, {}).setdefault(movement.event_id, movement)
         now = datetime.now(UTC)
+        new = 0
         async with self.database.transaction():
-            # Rows are locked in one order everywhere, so concurrent writers never deadlock.
+            # Rows are locked in one order everywhere, so concurrent writers never deadlock. An owner's
+            # row is locked before its event ids are looked up: a writer storing the same movements
+            # meanwhile has committed by then.
             for owner in sorted(by_owner, key=lambda o: (o.type.value, o.id)):
                 row = await _locked_balance(owner)
+                movements = by_owner[owner]
+                stored = await _stored_event_ids(list(movements))
+                fresh = [movement for event_id, movement in movements.items() if event_id not in stored]
+                if not fresh:
+                    continue
                 running = row.amount
                 records = []
-                for movement in by_owner[owner]:
+                for movement in fresh:
                     amount = from_units(movement.units)
                     running += amount
                     records.append(
                         BillingRecord(
+                            event_id=movement.event_id,
                             owner_type=owner.type,
                             owner_id=owner.id,
                             kind=movement.kind,
@@ -443,28 +552,149 @@ class BillingWriter:
                             created_at=movement.created_at,
                         )
                     )
-                total = sum(movement.units for movement in by_owner[owner])
+                total = sum(movement.units for movement in fresh)
                 if total:
                     await Balance.filter(id=row.id).update(
                         amount=F("amount") + from_units(total), updated_at=now
                     )
                 await BillingRecord.bulk_create(records)
+                new += len(records)
+        return new
+
+    # --- the spool -----------------------------------------------------------------------------------
+
+    async def _spool_queue(self) -> None:
+        """Move the queue to the spool (it outgrew ``queue_size``); it stays pending until written."""
+        try:
+            movements = list(self._queue)
+            self._queue.clear()
+            if not await self._spool(movements):
+                self._queue.extendleft(reversed(movements))
+        finally:
+            self._overflow = None
+
+    async def _spool(self, movements: list[Movement]) -> bool:
+        assert self.spool is not None
+        try:
+            path = await asyncio.to_thread(self.spool.append, movements)
+        except OSError as exc:
+            log.error(
+                "%d billing record(s) kept in memory: the spool cannot be written: %s", len(movements), exc
+            )
+            return False
+        if path is not None:
+            units = self._spooled.setdefault(path, {})
+            for movement in movements:
+                units[movement.owner] = units.get(movement.owner, 0) + movement.units
+        self._replay_due = True
+        log.warning("%d billing record(s) spooled to %s until the database takes them", len(movements), path)
+        return True
+
+    async def _count_spool(self) -> None:
+        """Count the records of the spool's files as pending (the database is unreachable)."""
+        assert self.spool is not None
+        for path in self.spool.segments():
+            if path in self._spooled:
+                continue
+            with self.spool.claim(path) as segment:
+                if segment is None:
+                    continue
+                movements, _ = await asyncio.to_thread(segment.read)
+            units: dict[Owner, int] = {}
+            for movement in movements:
+                units[movement.owner] = units.get(movement.owner, 0) + movement.units
+                self._count(movement.owner, movement.units)
+            self._spooled[path] = units
+        if self._spooled:
+            self._replay_due = True
+            log.warning(
+                "%d billing spool file(s) wait for the database: replayed when it answers", len(self._spooled)
+            )
+
+    def _written(self, path: Path) -> None:
+        """The records of a spool file are in the database: they are no longer pending."""
+        for owner, units in self._spooled.pop(path, {}).items():
+            self._count(owner, -units)
+
+    async def replay(self) -> int:
+        """Write the spool's records to the database, oldest file first; returns how many were new.
+
+        Stops at the first outage (the rest waits for the next replay). A file the database refuses for
+        another reason is set aside as ``*.failed`` for an operator.
+        """
+        if self.spool is None or not self.database.healthy:
+            return 0
+        new = 0
+        async with self._flush_lock:
+            await asyncio.to_thread(self.spool.rotate)
+            for path in self.spool.segments():
+                with self.spool.claim(path) as segment:
+                    if segment is None:  # written or replayed by another process
+                        continue
+                    movements, malformed = await asyncio.to_thread(segment.read)
+                    if malformed:
+                        log.error("billing spool file %s: %d malformed line(s) skipped", path.name, malformed)
+                    try:
+                        for start in range(0, len(movements), self.batch_size):
+                            new += await self.database.run(
+                                self._write(movements[start : start + self.batch_size])
+                            )
+                    except Exception as exc:
+                        if isinstance(exc, DatabaseUnavailable) or is_outage(exc):
+                            self._report(exc)
+                            return new
+                        failed = await asyncio.to_thread(segment.set_aside)
+                        log.error(
+                            "billing spool file %s could not be replayed (%s: %s): set aside as %s",
+                            path.name,
+                            type(exc).__name__,
+                            exc,
+                            failed.name,
+                        )
+                        continue
+                    await asyncio.to_thread(segment.remove)
+                self._written(path)
+            present = set(self.spool.segments())
+            for path in [path for path in self._spooled if path not in present]:
+                self._written(path)  # replayed by another process, or set aside
+            self._replay_due = bool(self._spooled)  # files another process is replaying right now
+        if new:
+            log.info("%d billing record(s) replayed from the spool", new)
+        return new
 
     async def close(self) -> None:
-        """Stop the background writes and write what is left (bounded in time)."""
+        """Stop the background writes and write what is left (bounded in time); with a spool, what the
+        database cannot take goes there, to be replayed at the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        written = False
+        if self._overflow is not None:  # a spool write under way: let it end, it is short
+            await self._overflow
         with contextlib.suppress(TimeoutError):
-            written = await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_SECONDS)
-        if not written and self._queue:
+            await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_SECONDS)
+        if self._queue and self.spool is not None:
+            waiting = list(self._queue)
+            if await self._spool(waiting):
+                self._queue.clear()
+        if self.spool is not None:
+            self.spool.close()
+        if self._queue:
             log.error(
                 "%d billing record(s) could not be written at shutdown: the database is unreachable",
                 len(self._queue),
             )
+
+
+async def _stored_event_ids(event_ids: list[str]) -> set[str]:
+    """The ones of ``event_ids`` that billing records hold already."""
+    stored: set[str] = set()
+    for start in range(0, len(event_ids), STORED_IDS_PER_QUERY):
+        chunk = event_ids[start : start + STORED_IDS_PER_QUERY]
+        rows = await BillingRecord.filter(event_id__in=chunk).values_list("event_id", flat=True)
+        stored.update(str(event_id) for event_id in rows)
+    return stored
 
 
 async def _locked_balance(owner: Owner) -> Balance:
@@ -526,11 +756,24 @@ class Ledger:
 
     # life cycle
 
-    async def start(self, *, interval: float, batch_size: int) -> None:
-        """Start writing charges; in memory, load every balance."""
+    async def start(
+        self,
+        *,
+        interval: float,
+        batch_size: int,
+        spool_dir: Path | None = None,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        """Start writing charges (with ``spool_dir``, replaying the spool first); in memory, then load
+        every balance, the replayed charges included."""
         if self.writer is None:
-            self.writer = BillingWriter(self.database, interval, batch_size)
-            self.writer.start()
+            spool = None
+            if spool_dir is not None:
+                spool = Spool(spool_folder(spool_dir, self.database), Movement.from_json)
+            self.writer = BillingWriter(
+                self.database, interval, batch_size, spool=spool, queue_size=queue_size
+            )
+            await self.writer.start()
         if self.redis is None:
             await self.preload()
 
@@ -657,6 +900,7 @@ class Ledger:
             await Balance.filter(id=row.id).update(amount=F("amount") + amount, updated_at=datetime.now(UTC))
             await row.refresh_from_db(fields=["amount", "updated_at"])
             record = await BillingRecord.create(
+                event_id=new_event_id(),
                 owner_type=owner.type,
                 owner_id=owner.id,
                 kind=BillingKind.TOPUP,
@@ -720,9 +964,11 @@ def ledger_of(gateway: Gateway) -> Ledger | None:
 
 
 __all__ = [
+    "QUEUE_SIZE",
     "BillingWriter",
     "Ledger",
     "LedgerUnavailable",
+    "Movement",
     "Owner",
     "Reservation",
     "ReserveResult",

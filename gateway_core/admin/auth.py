@@ -80,6 +80,7 @@ def user_out(user: models.User) -> schemas.User:
         org_id=user.org_id,  # type: ignore[attr-defined]
         is_active=user.is_active,
         has_password=bool(user.password_hash),
+        metadata=user.metadata or {},
         last_login_at=user.last_login_at,
         created_at=user.created_at,
         updated_at=user.updated_at,

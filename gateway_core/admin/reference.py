@@ -75,6 +75,20 @@ organization) and creates only within them; of the usage log it reads only their
 and tops up only the balances of their users and organizations. It cannot change or delete its own
 organization, and it cannot see or change deployments, routing rules or prices, which are global. Nobody changes their own role, organization or active flag, or deletes themselves.
 
+## Limits and quotas of users and organizations
+
+The `metadata` of a user or an organization is a free-form JSON object. The policy plugins read two
+of its fields, which apply to all the keys of the user or organization together (see
+[Policies](policies.md)): `limits` (`rpm`, `tpm`, `max_parallel`) and `quotas` (`requests`, `tokens`
+and `cost`, each per `day`, `month` or in `total`). `metadata` is set whole: a `PATCH` replaces it,
+and a value that is not a JSON object answers 400 naming `metadata`.
+
+```sh
+curl -X PATCH http://127.0.0.1:8080/admin/api/users/$USER_ID \\
+  -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \\
+  -d '{"metadata": {"limits": {"rpm": 10}, "quotas": {"tokens": {"month": 2000000}}}}'
+```
+
 ## Conventions
 
 - Bodies are JSON (`Content-Type: application/json`), at most `server.max_body_bytes`; unknown fields

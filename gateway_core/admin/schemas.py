@@ -42,6 +42,13 @@ def to_decimal(amount: float | None) -> Decimal | None:
 
 
 Metadata = Annotated[dict[str, Any], Field(description="free-form JSON object")]
+UserMetadata = Annotated[
+    dict[str, Any],
+    Field(
+        description="free-form JSON object; `limits` (`rpm`, `tpm`, `max_parallel`) and `quotas` in it apply "
+        'to the user\'s keys, e.g. `{"limits": {"rpm": 60}, "quotas": {"requests": {"day": 1000}}}`'
+    ),
+]
 
 T = TypeVar("T")
 
@@ -159,6 +166,7 @@ class UserCreate(_Body):
         None, description="the user acts within this organization and its descendants; none = everywhere"
     )
     is_active: bool = True
+    metadata: UserMetadata = Field(default_factory=dict)
 
 
 class UserUpdate(_Body):
@@ -168,6 +176,7 @@ class UserUpdate(_Body):
     role: Role | None = None
     org_id: uuid.UUID | None = None
     is_active: bool | None = None
+    metadata: UserMetadata | None = Field(None, description="replaces the metadata; null empties it")
 
 
 class User(_Out):
@@ -178,6 +187,7 @@ class User(_Out):
     org_id: uuid.UUID | None
     is_active: bool
     has_password: bool
+    metadata: dict[str, Any]
     last_login_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -84,7 +84,9 @@ async def create_user(call: Call) -> schemas.User:
         raise conflict(f"A user with the e-mail address {email} exists.", param="email")
     try:
         async with call.api.password_slots:
-            user = await users.create_user(email, body.password, body.role, body.org_id, name=body.name)
+            user = await users.create_user(
+                email, body.password, body.role, body.org_id, name=body.name, metadata=body.metadata
+            )
     except users.InvalidPassword as exc:
         raise bad_request(f"password: {exc}", param="password") from None
     except users.UserExists:
@@ -107,6 +109,8 @@ async def update_user(call: Call) -> schemas.User:
     for name in ("email", "name", "role", "is_active"):
         if name in changes and changes[name] is None:
             raise bad_request(f"{name} cannot be null.", param=name)
+    if "metadata" in changes and body.metadata is None:
+        changes["metadata"] = {}
     if "email" in changes:
         changes["email"] = _email(changes["email"])
         if changes["email"] != user.email and await models.User.exists(email=changes["email"]):
@@ -121,6 +125,7 @@ async def update_user(call: Call) -> schemas.User:
                 user.password_hash = await _hash(body.password)
     user.update_from_dict(changes)
     await user.save()
+    # Keys carry their user's active flag, limits and quotas: let every gateway reload them.
     await call.keys_changed(user_id=user.id)
     return user_out(user)
 
@@ -171,9 +176,10 @@ OPERATIONS = [
         body=schemas.UserUpdate,
         response=schemas.User,
         description=(
-            "Change the e-mail address, name, role, organization, active flag or password "
+            "Change the e-mail address, name, role, organization, active flag, metadata or password "
             "(`null` removes the password: the user can no longer log in). Nobody changes their own "
-            "role, organization or active flag."
+            "role, organization or active flag. The user's keys take new `metadata.limits` and "
+            "`metadata.quotas` at once, on every gateway."
         ),
         errors=(404, 409),
     ),

@@ -65,6 +65,8 @@ class User(Timestamped):
     password_hash = fields.CharField(max_length=255, null=True)
     is_active = fields.BooleanField(default=True)
     last_login_at = fields.DatetimeField(null=True)
+    #: Free-form; ``limits`` and ``quotas`` in it apply to the user's keys (the policy plugins).
+    metadata: fields.Field[dict[str, Any]] = fields.JSONField(default=dict)
     budget_limit = fields.DecimalField(max_digits=18, decimal_places=6, null=True)
     budget_period = fields.CharEnumField(BudgetPeriod, max_length=8, null=True)
 
@@ -249,6 +251,8 @@ class BillingRecord(Model):
     """One movement of a balance: a top-up (positive), a charge (negative) or an adjustment."""
 
     id = fields.BigIntField(primary_key=True)
+    #: Unique per record, the writer's idempotency key; None for records older than the column.
+    event_id = fields.CharField(max_length=32, unique=True, null=True)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
     owner_type = fields.CharEnumField(OwnerType, max_length=8)
     owner_id = fields.CharField(max_length=200)

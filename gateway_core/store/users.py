@@ -84,8 +84,11 @@ async def create_user(
     org: Organization | uuid.UUID | str | None = None,
     *,
     name: str = "",
+    metadata: dict[str, Any] | None = None,
 ) -> User:
     """Create a user. ``password=None`` makes a user who owns keys but cannot log in.
+
+    ``metadata`` is free-form; its ``limits`` and ``quotas`` apply to the user's keys.
 
     ``org`` is an organization, its id or its name. Raises :class:`InvalidEmail`,
     :class:`InvalidPassword`, :class:`UserExists`, ``ValueError`` for an unknown role and
@@ -104,7 +107,12 @@ async def create_user(
         raise UserExists(f"a user with the e-mail address {address} exists")
     try:
         return await User.create(
-            email=address, name=name, role=role, org=organization, password_hash=password_hash
+            email=address,
+            name=name,
+            role=role,
+            org=organization,
+            password_hash=password_hash,
+            metadata=metadata or {},
         )
     except IntegrityError:  # created concurrently
         raise UserExists(f"a user with the e-mail address {address} exists") from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
@@ -32,7 +31,7 @@ from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database, DatabaseUnavailable
 from gateway_core.usage.records import UsageEntry, entry_from_context
 from gateway_core.usage.retention import apply_retention
-from gateway_core.usage.spool import Spool
+from gateway_core.usage.spool import Spool, spool_folder
 from gateway_core.usage.storage import write_batch
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ class UsageLog:
     ) -> None:
         self.database = database
         self.config = config
-        self.spool = Spool(spool_folder(spool_dir, database))
+        self.spool = Spool(spool_folder(spool_dir, database), UsageEntry.from_json)
         self.stop_timeout = stop_timeout
         self.counters = UsageCounters()
         self._batch_size = config.batch_size
@@ -371,13 +370,6 @@ class UsageLog:
                 continue
             except Exception as exc:
                 log.error("usage log maintenance failed: %s: %s", type(exc).__name__, exc)
-
-
-def spool_folder(spool_dir: Path, database: Database) -> Path:
-    """The spool of one database: a subfolder of ``usage.spool_dir`` named for the database (its dialect
-    and a digest of its URL without the password), so no record is replayed into another database."""
-    digest = hashlib.sha256(database.display_url.encode()).hexdigest()[:12]
-    return spool_dir / f"{database.dialect}-{digest}"
 
 
 def _is_conflict(exc: BaseException) -> bool:

@@ -1,7 +1,9 @@
-"""The spool: append-only files of usage records the database could not take yet (JSON lines).
+"""The spool: append-only files of records the database could not take yet (JSON lines).
 
-Records are appended to the *active segment* of this process and forced to disk (``fsync``) with
-each append. A segment is replayed once it is closed: :meth:`Spool.rotate` closes the active one.
+The usage log spools its records here, and the billing writer its billing records: any entry with a
+``to_json()`` method, read back with the decoder the spool is made with. Records are appended to the
+*active segment* of this process and forced to disk (``fsync``) with each append. A segment is
+replayed once it is closed: :meth:`Spool.rotate` closes the active one.
 Several processes may share a spool folder (the workers of one server): a segment is locked
 (``flock``) by the process writing or replaying it, and a segment is named only once it is locked, so
 no process replays a file another is still writing. A segment replayed completely is deleted; one the
@@ -11,14 +13,17 @@ database refuses is renamed ``*.failed`` and left for an operator.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from gateway_core.usage.records import UsageEntry
+if TYPE_CHECKING:
+    from gateway_core.store.database import Database
 
 try:
     import fcntl
@@ -33,23 +38,49 @@ FAILED_SUFFIX = ".failed"
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 
 
-class Spool:
-    """The spool folder of one process. Thread-safe: appends may come from worker threads and the loop."""
+class SpoolEntry(Protocol):
+    def to_json(self) -> bytes:
+        """The entry as one line of JSON (without the newline)."""
+        ...
 
-    def __init__(self, folder: Path) -> None:
+
+E = TypeVar("E", bound=SpoolEntry)
+
+
+def spool_folder(spool_dir: Path, database: Database) -> Path:
+    """The spool of one database: a subfolder of ``spool_dir`` named for the database (its dialect and a
+    digest of its URL without the password), so no record is replayed into another database."""
+    digest = hashlib.sha256(database.display_url.encode()).hexdigest()[:12]
+    return spool_dir / f"{database.dialect}-{digest}"
+
+
+class Spool(Generic[E]):
+    """The spool folder of one process. Thread-safe: appends may come from worker threads and the loop.
+
+    ``decode`` turns a line back into an entry; it raises ``ValueError`` (or ``TypeError``/``KeyError``)
+    for a malformed line.
+    """
+
+    def __init__(self, folder: Path, decode: Callable[[bytes], E]) -> None:
         self.folder = folder
+        self.decode = decode
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._path: Path | None = None
         self._size = 0
         self._sequence = 0
 
-    def append(self, entries: Sequence[UsageEntry]) -> None:
-        """Write ``entries`` to the active segment and force them to disk; raises ``OSError``."""
+    def append(self, entries: Sequence[E]) -> Path | None:
+        """Write ``entries`` to the active segment and force them to disk; raises ``OSError``.
+
+        Returns the segment written to (None when there was nothing to write).
+        """
         if not entries:
-            return
+            return None
         data = b"".join(entry.to_json() + b"\n" for entry in entries)
         with self._lock:
             fd = self._active()
+            path = self._path
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -58,6 +89,7 @@ class Spool:
             self._size += len(data)
             if self._size >= MAX_SEGMENT_BYTES:
                 self._close_active()
+        return path
 
     def rotate(self) -> None:
         """Close the active segment, so it can be replayed; the next append starts a new one."""
@@ -82,7 +114,7 @@ class Spool:
             return []
 
     @contextlib.contextmanager
-    def claim(self, path: Path) -> Iterator[Segment | None]:
+    def claim(self, path: Path) -> Iterator[Segment[E] | None]:
         """Lock a closed segment for replay; yields None when another process holds it or it is gone."""
         try:
             fd = os.open(path, os.O_RDWR)
@@ -93,7 +125,7 @@ class Spool:
             if not _try_lock(fd) or os.fstat(fd).st_nlink == 0:  # busy, or replayed and deleted meanwhile
                 yield None
                 return
-            yield Segment(path, fd)
+            yield Segment(path, fd, self.decode)
         finally:
             os.close(fd)  # releases the lock
 
@@ -108,41 +140,43 @@ class Spool:
         # Created under a name replays ignore, locked, then renamed: never seen unlocked.
         temporary = self.folder / f".{name}.tmp"
         fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o600)
+        path = self.folder / f"{name}{SUFFIX}"
         try:
             _try_lock(fd)
-            os.rename(temporary, self.folder / f"{name}{SUFFIX}")
+            os.rename(temporary, path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
-        self._fd, self._size = fd, 0
+        self._fd, self._path, self._size = fd, path, 0
         return fd
 
     def _close_active(self) -> None:
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._path = self._fd, None, None
         if fd is not None:
             os.close(fd)
 
 
-class Segment:
+class Segment(Generic[E]):
     """A closed segment locked by this process for replay."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, decode: Callable[[bytes], E]) -> None:
         self.path = path
         self._fd = fd
+        self._decode = decode
 
-    def read(self) -> tuple[list[UsageEntry], int]:
+    def read(self) -> tuple[list[E], int]:
         """The segment's records in order, and the number of malformed lines skipped (a torn last line
         after a crash)."""
         with os.fdopen(os.dup(self._fd), "rb") as file:
-            entries: list[UsageEntry] = []
+            entries: list[E] = []
             malformed = 0
             for line in file:
                 if not line.strip():
                     continue
                 try:
-                    entries.append(UsageEntry.from_json(line))
+                    entries.append(self._decode(line))
                 except (ValueError, TypeError, KeyError):
                     malformed += 1
         return entries, malformed

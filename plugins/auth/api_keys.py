@@ -129,12 +129,9 @@ def _budget(record: ApiKey | User | Organization | None) -> dict[str, Any] | Non
 
 
 def _owner_settings(record: User | Organization | None, name: str) -> Any:
-    """``metadata[name]`` of a user or organization (their ``limits`` and ``quotas``), or None.
-
-    Users have no metadata column yet: theirs is None until the model gains one.
-    """
-    metadata = getattr(record, "metadata", None)
-    return metadata.get(name) if isinstance(metadata, dict) else None
+    """``metadata[name]`` of a user or organization (their ``limits`` and ``quotas``), or None."""
+    metadata = record.metadata if record is not None else None
+    return metadata.get(name) if isinstance(metadata, dict) else None  # JSON written elsewhere may be any
 
 
 def _ancestor(org: Organization) -> dict[str, Any]:

@@ -18,14 +18,17 @@ it below. Callers with no balance at all are refused (``require_balance: true``)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Sequence
 from decimal import ROUND_UP, Decimal
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway_core import ConfigError, Gateway, GatewayError, Principal, RequestContext, hookimpl
 from gateway_core.billing import (
+    QUEUE_SIZE,
     Ledger,
     LedgerUnavailable,
     Owner,
@@ -64,6 +67,22 @@ class BillingOptions(BaseModel):
     batch_size: int = Field(
         500, ge=1, le=10_000, description="most billing records written in one transaction"
     )
+    queue_size: int = Field(
+        QUEUE_SIZE,
+        ge=1,
+        description="billing records held in memory while the database cannot take them; beyond, they "
+        "go to the spool",
+    )
+    spool_dir: str = Field(
+        "var/billing-spool",
+        description="folder of the spool files (JSON lines) of billing records the database could not "
+        "take; relative to the config file's folder",
+    )
+
+    def resolved_spool_dir(self, base: Path) -> Path:
+        """The spool folder, a relative path resolved against ``base`` (the config file's folder)."""
+        path = Path(os.path.expanduser(self.spool_dir))
+        return path if path.is_absolute() else (base / path).resolve()
 
 
 # --- answers ----------------------------------------------------------------------------------------
@@ -195,7 +214,12 @@ async def lockgate_startup(gateway: Gateway) -> None:
             f"{gateway.config.source}: plugins.billing needs a `database` section: balances and "
             "billing records are kept there"
         )
-    await ledger.start(interval=options.flush_seconds, batch_size=options.batch_size)
+    await ledger.start(
+        interval=options.flush_seconds,
+        batch_size=options.batch_size,
+        spool_dir=options.resolved_spool_dir(gateway.config.base_dir),
+        queue_size=options.queue_size,
+    )
     gateway.plugin_state[NAME] = Billing(gateway, options, ledger)
 
 

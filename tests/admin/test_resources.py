@@ -63,6 +63,43 @@ def test_user_validation(admin: Admin) -> None:
     assert duplicate.json()["error"]["param"] == "email"
 
 
+def test_user_metadata_is_stored_returned_and_replaced(admin: Admin) -> None:
+    limits = {"limits": {"rpm": 10}, "quotas": {"requests": {"day": 100}}, "team": "search"}
+    email = f"{unique('meta')}@example.com"
+    created = admin.post("/users", json={"email": email, "metadata": limits})
+    assert created.status_code == 201, created.text
+    user = created.json()
+    assert user["metadata"] == limits
+    assert admin.get(f"/users/{user['id']}").json()["metadata"] == limits
+    listed = admin.get("/users", params={"email": email}).json()["data"]
+    assert [u["metadata"] for u in listed] == [limits]
+    # Without metadata a user has an empty object, never null.
+    plain = admin.post("/users", json={"email": f"{unique('plain')}@example.com"}).json()
+    assert plain["metadata"] == {}
+
+    replaced = admin.patch(f"/users/{user['id']}", json={"metadata": {"limits": {"tpm": 5000}}})
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["metadata"] == {"limits": {"tpm": 5000}}  # replaced whole, not merged
+    renamed = admin.patch(f"/users/{user['id']}", json={"name": "Kept"})
+    assert renamed.json()["metadata"] == {"limits": {"tpm": 5000}}  # left out: kept
+    assert admin.get(f"/users/{user['id']}").json()["metadata"] == {"limits": {"tpm": 5000}}
+    emptied = admin.patch(f"/users/{user['id']}", json={"metadata": None})
+    assert emptied.status_code == 200 and emptied.json()["metadata"] == {}
+
+
+@pytest.mark.parametrize("metadata", [["rpm", 10], "rpm=10", 10, True])
+def test_user_metadata_must_be_a_json_object(admin: Admin, metadata: Any) -> None:
+    created = admin.post("/users", json={"email": f"{unique('bad')}@example.com", "metadata": metadata})
+    assert created.status_code == 400, created.text
+    error = created.json()["error"]
+    assert (error["param"], error["code"]) == ("metadata", "invalid_value")
+    user = admin.create_user(f"{unique('bad')}@example.com", "read")
+    updated = admin.patch(f"/users/{user['id']}", json={"metadata": metadata})
+    assert updated.status_code == 400, updated.text
+    assert updated.json()["error"]["param"] == "metadata"
+    assert admin.get(f"/users/{user['id']}").json()["metadata"] == {}
+
+
 def test_listing_pages_and_filters(admin: Admin) -> None:
     role_of = {f"{unique('page')}@example.com": role for role in ("read", "read", "write")}
     for email, role in role_of.items():

@@ -17,17 +17,8 @@ from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database
 from gateway_core.store.migrate import upgrade
 from gateway_core.usage.log import UsageLog
-from tests.gateway_core.store.conftest import postgres_url  # noqa: F401 (a fixture)
 
 USAGE_TABLES = ("usage_records", "usage_rollups")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'lockgate.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from gateway_core.store.database import Database
 from gateway_core.store.models import UsageRecord, UsageRollup
 from gateway_core.types import Usage
 from gateway_core.usage.log import UsageLog, spool_folder
-from gateway_core.usage.records import entry_from_context
+from gateway_core.usage.records import UsageEntry, entry_from_context
 from gateway_core.usage.spool import Spool
 from tests.gateway_core.store.test_database import TcpRelay
 from tests.gateway_core.usage.factories import request_context, until
@@ -217,7 +217,8 @@ async def test_replaying_a_spool_file_twice_stores_its_records_once(
 async def test_a_torn_last_line_is_skipped_and_counted(
     db: Database, make_log: MakeLog, spool_dir: Path
 ) -> None:
-    left_behind = Spool(spool_folder(spool_dir, db))  # what a gateway that crashed mid-append leaves
+    # What a gateway that crashed mid-append leaves:
+    left_behind = Spool(spool_folder(spool_dir, db), UsageEntry.from_json)
     left_behind.append([entry_from_context(request_context(f"torn-{index}")) for index in range(4)])
     left_behind.close()
     [segment] = left_behind.segments()

@@ -435,3 +435,52 @@ def test_charges_wait_for_the_database_through_an_outage(backend: Backend, root_
             api.close()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # cuts a database server's connection
+def test_charges_survive_a_shutdown_while_the_database_is_down(
+    backend: Backend, root_token: str, tmp_path: Path
+) -> None:
+    from tests.plugins.auth.conftest import TcpProxy
+
+    parts = urlsplit(backend.url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    credentials = parts.netloc.rpartition("@")[0]
+    url = urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}"))
+    spool = tmp_path / "billing-spool"
+    config = admin_config(
+        url,
+        models=MODELS,
+        plugins={"billing": {"flush_seconds": 0.05, "spool_dir": str(spool)}},
+        usage={"spool_dir": str(tmp_path / "usage-spool")},
+        database={"url": url, "connect_timeout": 1, "command_timeout": 2},
+    )
+    try:
+        with GatewayServer(config) as server:
+            api = Api(server, root_token)
+            user = api.user()
+            key = api.key(user_id=user)
+            api.top_up("user", user, "1")
+            assert chat(server, key).http_response.status_code == 200
+            api.wait_for_charges("user", user, 1)
+            api.close()
+            proxy.down()
+            for _ in range(3):  # served and charged from memory; the gateway then stops
+                assert chat(server, key).http_response.status_code == 200
+        assert len(list(spool.rglob("*.jsonl"))) == 1  # the three charges, on disk
+
+        proxy.up()
+        with GatewayServer(config) as server:  # replays them at start-up, before loading balances
+            api = Api(server, root_token)
+            charges = api.charges("user", user)
+            assert len(charges) == 4
+            assert len({charge["request_id"] for charge in charges}) == 4
+            balance = api.call("GET", f"/balances/user/{user}", 200)
+            assert Decimal(balance["stored_amount"]) == 1 - 4 * COST
+            assert Decimal(balance["amount"]) == 1 - 4 * COST
+            assert chat(server, key).http_response.status_code == 200
+            api.wait_for_charges("user", user, 5)
+            api.close()
+        assert list(spool.rglob("*.jsonl")) == []
+    finally:
+        proxy.close()
