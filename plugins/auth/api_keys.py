@@ -134,6 +134,12 @@ def _owner_settings(record: User | Organization | None, name: str) -> Any:
     return metadata.get(name) if isinstance(metadata, dict) else None  # JSON written elsewhere may be any
 
 
+def _below(principal: Principal, org_id: str) -> bool:
+    """Whether the principal's organization is under ``org_id`` (whose budgets apply to it too)."""
+    ancestors = principal.metadata.get("org_ancestors") or ()
+    return any(isinstance(a, Mapping) and str(a.get("id")) == org_id for a in ancestors)
+
+
 def _ancestor(org: Organization) -> dict[str, Any]:
     return {
         "id": str(org.id),
@@ -383,10 +389,11 @@ class ApiKeyCache:
             if digest is not None:
                 self._drop(digest)
         if user_id is not None or org_id is not None:
+            user, org = None if user_id is None else str(user_id), None if org_id is None else str(org_id)
             for digest, entry in list(self.entries.items()):
                 principal = entry.principal
-                if (user_id is not None and principal.user_id == str(user_id)) or (
-                    org_id is not None and principal.org_id == str(org_id)
+                if (user is not None and principal.user_id == user) or (
+                    org is not None and (principal.org_id == org or _below(principal, org))
                 ):
                     self._drop(digest)
 

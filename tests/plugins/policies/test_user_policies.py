@@ -127,3 +127,21 @@ def test_new_user_metadata_applies_to_cached_keys_at_once(gateway: tuple[Gateway
 
     admin.set_metadata(user, {})  # lifted again
     chat(server, key)
+
+
+def test_a_parent_organizations_new_quota_applies_to_cached_keys_below_it_at_once(
+    gateway: tuple[GatewayServer, Admin],
+) -> None:
+    server, admin = gateway
+    root = admin.http.post("/organizations", json={"name": f"root-{uuid.uuid4().hex[:6]}"}).json()["id"]
+    team = admin.http.post("/organizations", json={"name": "team", "parent_id": root}).json()["id"]
+    created = admin.http.post("/keys", json={"name": "team-key", "org_id": team})
+    assert created.status_code == 201, created.text
+    key = created.json()["secret"]
+    chat(server, key)  # cached by the gateway, with no quota yet
+
+    quota = {"metadata": {"quotas": {"requests": {"total": 1}}}}
+    assert admin.http.patch(f"/organizations/{root}", json=quota).status_code == 200
+    chat(server, key)
+    error = refusal(server, key)
+    assert error.response.json()["error"]["message"].startswith("Quota exceeded for organization 'root-")
