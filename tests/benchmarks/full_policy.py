@@ -119,9 +119,18 @@ async def redis_client(url: str = REDIS_URL) -> AsyncIterator[Any]:
 
 async def redis_cpu_seconds(url: str = REDIS_URL) -> float:
     """User plus system CPU time the Redis server has used so far (``INFO cpu``)."""
+    cpu, _ = await redis_usage(url)
+    return cpu
+
+
+async def redis_usage(url: str = REDIS_URL) -> tuple[float, int]:
+    """CPU seconds the Redis server has used so far and the scripts it has run (``EVALSHA`` and
+    ``EVAL`` calls: one per round trip of the counters)."""
     async with redis_client(url) as client:
-        info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        cpu = await client.info("cpu")
+        stats = await client.info("commandstats")
+    scripts = sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), scripts
 
 
 def _scope_pattern(name: str) -> str:

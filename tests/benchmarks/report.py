@@ -56,6 +56,9 @@ class Samples:
     loadgen_cpu: list[float] = field(default_factory=list)
     #: CPU seconds per request of the Redis server, per round (targets that use Redis).
     redis_cpu: list[float] = field(default_factory=list)
+    #: Redis round trips (scripts run) per request at concurrency 1 and 16, per round.
+    redis_trips_c1: list[float] = field(default_factory=list)
+    redis_trips_c16: list[float] = field(default_factory=list)
     #: Cores' worth of CPU used by other processes on the machine while this target was measured.
     other_load: list[float] = field(default_factory=list)
 
@@ -106,6 +109,16 @@ class Report:
             return float("nan")
         extra = [full - core for full, core in zip(self.full.cpu, self.lockgate.cpu, strict=False)]
         return median(extra)
+
+    def _round_trips(self) -> list[str]:
+        """The table rows of Redis round trips per request, when they were counted."""
+        full = self.full
+        if full is None or not full.redis_trips_c1 or not full.redis_trips_c16:
+            return []
+        return [
+            "| Redis round trips per request (concurrency 1 / "
+            f"{CONCURRENCY}) | {median(full.redis_trips_c1):.2f} / {median(full.redis_trips_c16):.2f} |"
+        ]
 
     def policy_latency_c1(self) -> float:
         """p50 latency at concurrency 1 of the full policy profile minus core Lockgate's."""
@@ -189,7 +202,7 @@ class Report:
             "with the policies a shared deployment turns on: the key's requests and tokens per minute are "
             "checked in Redis before each call and corrected to the real usage after it, a budget in USD "
             "per day is reserved before each call and settled at its real cost (the deployment has a "
-            "price), each a Lua script in Redis, and every request is written to the usage log (a SQLite "
+            "price), all in Redis, and every request is written to the usage log (a SQLite "
             "database, in batches off the request path). The limits and the budget are far above what "
             "the run can reach, so every request pays for the checks and none is refused. The Redis "
             "server is not pinned to a CPU; its CPU time is shown apart from the worker's.",
@@ -198,6 +211,7 @@ class Report:
             "| --- | ---: |",
             f"| Extra CPU time of the worker (concurrency {c}) | {self.policy_cpu() * 1e6:+,.0f} µs |",
             f"| CPU time of the Redis server (concurrency {c}) | {median(self.full.redis_cpu) * 1e6:,.0f} µs |",
+            *self._round_trips(),
             f"| Extra p50 latency at concurrency 1 | {fmt_delta(self.policy_latency_c1())} ms |",
             f"| Requests/s at concurrency {c}, full policy / core | {self.policy_rps_ratio():.0%} |",
             "",

@@ -317,18 +317,23 @@ class CpuMeter:
 
 
 class RedisMeter:
-    """CPU time of the Redis server between readings (always 0 for a target that does not use it)."""
+    """CPU time of the Redis server and the scripts it ran between readings (always 0 for a target
+    that does not use it)."""
 
     def __init__(self, used: bool) -> None:
         self.used = used
         self.at: float | None = None
+        self.scripts_at = 0
+        #: Scripts Redis ran between the last two laps.
+        self.scripts = 0
 
     async def lap(self) -> float:
         """CPU seconds Redis used since the last lap (the first lap only starts the count)."""
         if not self.used:
             return 0.0
-        now = await full_policy.redis_cpu_seconds()
+        now, scripts = await full_policy.redis_usage()
         used, self.at = (0.0 if self.at is None else now - self.at), now
+        self.scripts, self.scripts_at = scripts - self.scripts_at, scripts
         return used
 
 
@@ -439,6 +444,8 @@ async def measure(target: Target, upstream: Server, plan: Plan, round_no: int) -
     meter = CpuMeter(target.server, upstream)
     c1 = await run_load(HOST, port, plain, concurrency=1, max_requests=limit, max_seconds=plan.c1_seconds)
     other = meter.other_load(await redis.lap())
+    if target.uses_redis and c1.count:
+        samples.redis_trips_c1.append(redis.scripts / c1.count)
 
     meter.reset()
     c16 = await run_load(
@@ -452,6 +459,7 @@ async def measure(target: Target, upstream: Server, plan: Plan, round_no: int) -
             samples.upstream_cpu.append(meter.upstream_cpu() / c16.count)
         if target.uses_redis:
             samples.redis_cpu.append(redis_used / c16.count)
+            samples.redis_trips_c16.append(redis.scripts / c16.count)
     other = max(other, meter.other_load(redis_used))
 
     meter.reset()

@@ -26,6 +26,8 @@ def samples(label: str, latency_ms: float, rps: float, cpu_us: float, redis_us: 
     measured.cpu = [cpu_us / 1e6] * 3
     measured.upstream_cpu = measured.loadgen_cpu = [20e-6] * 3
     measured.redis_cpu = [redis_us / 1e6] * 3 if redis_us else []
+    if redis_us:
+        measured.redis_trips_c1, measured.redis_trips_c16 = [1.02] * 3, [0.31] * 3
     measured.other_load = [0.02] * 3
     return measured
 
@@ -97,6 +99,7 @@ def test_the_full_policy_section_gives_the_cost_of_the_policies_per_request_and_
     assert rows(markdown, "Full policy profile") == [
         "| Extra CPU time of the worker (concurrency 16) | +420 µs |",
         "| CPU time of the Redis server (concurrency 16) | 60 µs |",
+        "| Redis round trips per request (concurrency 1 / 16) | 1.02 / 0.31 |",
         "| Extra p50 latency at concurrency 1 | +0.300 ms |",
         "| Requests/s at concurrency 16, full policy / core | 50% |",
     ]
