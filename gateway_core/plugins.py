@@ -75,14 +75,18 @@ class PluginHost:
 
     def _refresh(self) -> None:
         """Precompute the call order of the hooks the core calls itself (cheaper than pluggy per request)."""
-        self._callers: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], str]]] = {}
+        #: Per hook: (function, the arguments it takes or None when it takes all, plugin name).
+        self._callers: dict[str, list[tuple[Callable[..., Any], tuple[str, ...] | None, str]]] = {}
         for name in CALLED_HOOKS:
             callers = []
+            caller = getattr(self.pm.hook, name)
+            every = set(caller.spec.argnames) if caller.spec is not None else None
             # pluggy's order: tryfirst first, trylast last, later registrations before earlier ones.
-            for impl in reversed(getattr(self.pm.hook, name).get_hookimpls()):
+            for impl in reversed(caller.get_hookimpls()):
                 if impl.hookwrapper or impl.wrapper:
                     raise ConfigError(f"plugin {impl.plugin_name!r}: {name} does not support wrappers")
-                callers.append((impl.function, tuple(impl.argnames), impl.plugin_name))
+                takes = tuple(impl.argnames)
+                callers.append((impl.function, None if set(takes) == every else takes, impl.plugin_name))
             self._callers[name] = callers
         self.has_policies = bool(self._callers["lockgate_policy_check"])
         self.has_settle = bool(self._callers["lockgate_policy_settle"])
@@ -145,7 +149,9 @@ class PluginHost:
         An exception stops the call: later implementations do not run.
         """
         for function, argnames, _ in self._callers[hook_name]:
-            result = function(**{arg: kwargs[arg] for arg in argnames})
+            result = (
+                function(**kwargs) if argnames is None else function(**{arg: kwargs[arg] for arg in argnames})
+            )
             if inspect.isawaitable(result):
                 await result
 
@@ -159,7 +165,11 @@ class PluginHost:
         first: BaseException | None = None
         for function, argnames, _ in self._callers[hook_name]:
             try:
-                result = function(**{arg: kwargs[arg] for arg in argnames})
+                result = (
+                    function(**kwargs)
+                    if argnames is None
+                    else function(**{arg: kwargs[arg] for arg in argnames})
+                )
             except Exception as exc:
                 first = first or exc
                 continue
@@ -194,7 +204,11 @@ class PluginHost:
         """
         for function, argnames, plugin in self._callers[hook_name]:
             try:
-                result = function(**{arg: kwargs[arg] for arg in argnames})
+                result = (
+                    function(**kwargs)
+                    if argnames is None
+                    else function(**{arg: kwargs[arg] for arg in argnames})
+                )
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
@@ -210,7 +224,11 @@ class PluginHost:
         pending: list[tuple[Awaitable[Any], str]] = []
         for function, argnames, plugin in self._callers[hook_name]:
             try:
-                result = function(**{arg: kwargs[arg] for arg in argnames})
+                result = (
+                    function(**kwargs)
+                    if argnames is None
+                    else function(**{arg: kwargs[arg] for arg in argnames})
+                )
             except Exception as exc:
                 log.error("%s of plugin %s failed: %s: %s", hook_name, plugin, type(exc).__name__, exc)
                 continue
@@ -229,7 +247,9 @@ class PluginHost:
     async def first_result(self, hook_name: str, **kwargs: Any) -> Any:
         """Call implementations in pluggy's order until one answers something other than None."""
         for function, argnames, _ in self._callers[hook_name]:
-            result = function(**{arg: kwargs[arg] for arg in argnames})
+            result = (
+                function(**kwargs) if argnames is None else function(**{arg: kwargs[arg] for arg in argnames})
+            )
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
