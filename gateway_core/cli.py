@@ -283,6 +283,28 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return _with_database(args, work)
 
 
+def cmd_secrets_rotate(args: argparse.Namespace) -> int:
+    from gateway_core.store.deployments import rotate_secrets
+    from gateway_core.store.secrets import SecretBox, require_secret_box
+
+    async def work(config: GatewayConfig, database: Database) -> int:
+        box = require_secret_box(SecretBox.from_config(config))
+        rotated, failed = await rotate_secrets(database, box)
+        print(f"re-encrypted {rotated} secret(s) with secrets.key")
+        if failed:
+            print(
+                "cannot be decrypted with secrets.key or secrets.previous_keys, left as they are "
+                "(store them again through the admin API):",
+                *failed,
+                sep="\n  ",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+
+    return _with_database(args, work)
+
+
 def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lockgate", description="Lockgate LLM API gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -353,6 +375,17 @@ def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
     )
     admin.add_argument("--org", metavar="NAME_OR_ID", help="make an organization-scoped admin")
     admin.set_defaults(run=cmd_users_create_admin)
+
+    secrets = sub.add_parser("secrets", help="secrets stored in the database").add_subparsers(
+        dest="secrets_command", required=True, metavar="COMMAND"
+    )
+    rotate = with_config(
+        secrets.add_parser(
+            "rotate",
+            help="re-encrypt the deployments' stored API keys with secrets.key (after changing it)",
+        )
+    )
+    rotate.set_defaults(run=cmd_secrets_rotate)
 
     from gateway_core.store.commands import add_db_commands
 

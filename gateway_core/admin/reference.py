@@ -100,8 +100,8 @@ curl -X PATCH http://127.0.0.1:8080/admin/api/users/$USER_ID \\
 - Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`; a 400 names the
   field in `param`. 401 answers carry `WWW-Authenticate: Bearer`.
 - Secrets are write-only: a key's `secret` is in the create answer only (listings show its `prefix`),
-  and a deployment's upstream `api_key` is stored encrypted with `secrets.key` and answered as
-  `has_api_key`.
+  and a deployment's upstream `api_key`, like the `api_key` of each of its `credentials`, is stored
+  encrypted with `secrets.key` and answered as `has_api_key`.
 - Changes to keys, users and organizations are announced on the events channel `lockgate:keys`, so every
   gateway drops the affected keys from its cache at once; changes to deployments and routing rules
   are announced on `lockgate:deployments`, and the gateway that made them rebuilds its models before
@@ -180,7 +180,9 @@ def _object_refs(schema: dict[str, Any]) -> list[str]:
     """Names of the object schemas a schema's properties refer to (directly, in arrays or in anyOf)."""
     found = []
     for prop in schema.get("properties", {}).values():
-        for option in [prop, prop.get("items", {}), *prop.get("anyOf", ())]:
+        options = [prop, prop.get("items", {}), *prop.get("anyOf", ())]
+        options += [option.get("items", {}) for option in prop.get("anyOf", ())]
+        for option in options:
             if "$ref" in option:
                 name = option["$ref"].rsplit("/", 1)[-1]
                 if "properties" in _COMPONENTS.get(name, {}):
@@ -207,6 +209,7 @@ def render(spec: dict[str, Any]) -> str:
         for method, op in methods.items():
             by_tag.setdefault(op["tags"][0], []).append((method.upper(), path, op))
     used: list[str] = []
+    inputs: list[str] = []
     for tag in [t["name"] for t in spec["tags"]]:
         out.append(f"## {tag[0].upper()}{tag[1:]}\n")
         for method, path, op in by_tag[tag]:
@@ -234,6 +237,7 @@ def render(spec: dict[str, Any]) -> str:
                 out.append(f"Request body: `{name}`\n")
                 out.extend(_fields(schemas[name], show_required=True))
                 out.append("")
+                inputs += [nested for nested in _object_refs(schemas[name]) if nested not in inputs]
             answers = []
             for code, response in op["responses"].items():
                 content = response.get("content", {}).get("application/json")
@@ -258,6 +262,19 @@ def render(spec: dict[str, Any]) -> str:
         for nested in _object_refs(schema):
             if nested not in used:
                 used.append(nested)
+    inputs = [name for name in inputs if name not in used]
+    if inputs:
+        out.append("## Request objects\n")
+    for name in inputs:
+        schema = schemas[name]
+        out.append(f"### {name}\n")
+        if schema.get("description"):
+            out.append(schema["description"].strip() + "\n")
+        out.extend(_fields(schema, show_required=True))
+        out.append("")
+        for nested in _object_refs(schema):
+            if nested not in inputs and nested not in used:
+                inputs.append(nested)
     return "\n".join(out).rstrip() + "\n"
 
 

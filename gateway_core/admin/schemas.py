@@ -291,6 +291,59 @@ _Headers = Annotated[
 ]
 
 
+_PerMinute = Annotated[int, Field(gt=0, le=INT_MAX)]
+_PerMillion = Annotated[Decimal, Field(ge=0, lt=Decimal("1e10"), max_digits=18, decimal_places=8)]
+_UpstreamKey = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+_CredentialStrategy = Literal["round_robin", "fill_first"]
+
+
+class DeploymentPriceBody(_Body):
+    """A deployment's own price in USD per million tokens; it comes before every other price source."""
+
+    input: _PerMillion = Field(description="prompt tokens")
+    output: _PerMillion = Field(description="completion tokens (reasoning included)")
+    cached_input: _PerMillion | None = Field(None, description="prompt tokens read from the cache")
+    cache_write: _PerMillion | None = Field(None, description="prompt tokens written to the cache")
+
+
+class DeploymentPrice(_Out):
+    """A deployment's own price in USD per million tokens, as decimal strings."""
+
+    input: PlainDecimal
+    output: PlainDecimal
+    cached_input: PlainDecimal | None = None
+    cache_write: PlainDecimal | None = None
+
+
+class DeploymentCredentialBody(_Body):
+    """One upstream credential of a deployment's pool, with its own key and limits."""
+
+    id: Name | None = Field(
+        None, description="a name for logs, never the key; default: its position in the pool (`0`, `1` ...)"
+    )
+    api_key: _UpstreamKey | None = Field(
+        None,
+        description="this credential's key: write-only, stored encrypted, never returned; default: the "
+        "deployment's `api_key`. In an update, left out keeps the stored key of the credential with the "
+        "same `id` (its position when it has none); `null` removes it",
+    )
+    rpm: _PerMinute | None = Field(None, description="requests per minute this credential may make")
+    tpm: _PerMinute | None = Field(None, description="tokens per minute this credential may use")
+    options: Metadata = Field(
+        default_factory=dict, description="provider options merged over the deployment's"
+    )
+
+
+class DeploymentCredential(_Out):
+    """One upstream credential of a deployment's pool (its key is never returned)."""
+
+    id: str | None
+    has_api_key: bool = Field(description="whether the credential has a key of its own")
+    rpm: int | None
+    tpm: int | None
+    options: dict[str, Any]
+
+
 class DeploymentCreate(_Body):
     model_name: ModelName = Field(description="the model name clients ask for (a new or a configured one)")
     provider: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -302,11 +355,41 @@ class DeploymentCreate(_Body):
         None, description="the upstream API key: write-only, stored encrypted, never returned"
     )
     weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False)
+    rpm: _PerMinute | None = Field(
+        None, description="requests per minute of the whole deployment (all its credentials together)"
+    )
+    tpm: _PerMinute | None = Field(None, description="tokens per minute of the whole deployment")
+    credentials: list[DeploymentCredentialBody] = Field(
+        default_factory=list,
+        max_length=100,
+        description="a pool of upstream credentials, each with its own key and limits; default: one, "
+        "the deployment's `api_key`",
+    )
+    credential_strategy: _CredentialStrategy = Field(
+        "round_robin", description="which credential of the pool a call uses"
+    )
     options: Metadata = Field(default_factory=dict, description="the provider's own options")
     timeout: Timeouts = Field(default_factory=Timeouts)
     headers: _Headers = Field(default_factory=dict)
     proxy: _URL | None = None
+    proxies: list[_URL] = Field(
+        default_factory=list, max_length=100, description="outbound proxies, the first that connects is used"
+    )
+    proxy_pool: Name | None = Field(
+        None,
+        description="the name of a `proxy_pools` entry of the configuration; at most one of `proxy`, "
+        "`proxies` and `proxy_pool`",
+    )
     drop_params: bool = False
+    price: DeploymentPriceBody | None = Field(None, description="this deployment's price, before every other")
+    health_check: bool | None = Field(
+        None, description="active health checks of this deployment; null follows `health.active.enabled`"
+    )
+    optional: bool = Field(
+        False,
+        description="accepted as in the configuration, where it concerns unset `${ENV}` references; "
+        "a stored deployment has none, so it changes nothing",
+    )
     enabled: bool = True
 
 
@@ -321,11 +404,25 @@ class DeploymentUpdate(_Body):
         None, description="a new upstream API key (write-only); null removes it"
     )
     weight: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    rpm: _PerMinute | None = None
+    tpm: _PerMinute | None = None
+    credentials: list[DeploymentCredentialBody] | None = Field(
+        None,
+        max_length=100,
+        description="the whole pool, replacing the stored one; a credential without `api_key` keeps "
+        "the stored key of the credential with the same `id`",
+    )
+    credential_strategy: _CredentialStrategy | None = None
     options: Metadata | None = None
     timeout: Timeouts | None = None
     headers: _Headers | None = None
     proxy: _URL | None = None
+    proxies: list[_URL] | None = Field(None, max_length=100)
+    proxy_pool: Name | None = None
     drop_params: bool | None = None
+    price: DeploymentPriceBody | None = None
+    health_check: bool | None = None
+    optional: bool | None = None
     enabled: bool | None = None
 
 
@@ -337,11 +434,20 @@ class Deployment(_Out):
     base_url: str | None
     has_api_key: bool = Field(description="whether an upstream API key is stored (it is never returned)")
     weight: float
+    rpm: int | None
+    tpm: int | None
+    credentials: list[DeploymentCredential]
+    credential_strategy: _CredentialStrategy
     options: dict[str, Any]
     timeout: Timeouts
     headers: dict[str, str]
     proxy: str | None
+    proxies: list[str]
+    proxy_pool: str | None
     drop_params: bool
+    price: DeploymentPrice | None
+    health_check: bool | None
+    optional: bool
     enabled: bool
     created_at: datetime
     updated_at: datetime

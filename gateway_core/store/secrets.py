@@ -1,8 +1,10 @@
-"""Encrypting secrets stored in the database (provider API keys of run-time deployments).
+"""Encrypting secrets stored in the database (provider API keys of run-time deployments and of
+their credentials).
 
 The key is the configuration's ``secrets.key`` (a Fernet key: AES-128-CBC with an HMAC-SHA256, from
 ``cryptography``). Tokens made with a key listed in ``secrets.previous_keys`` still decrypt, so a key
-can be rotated: add the new key, move the old one to ``previous_keys``, re-save the records.
+can be rotated: add the new key, move the old one to ``previous_keys``, run ``lockgate secrets
+rotate`` (:func:`gateway_core.store.deployments.rotate_secrets`).
 """
 
 from __future__ import annotations

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.admin.conftest import Admin
+from tests.fakes import FakeOpenAI
 
 
 def unique(prefix: str) -> str:
@@ -147,3 +151,177 @@ def test_routing_rules(admin: Admin) -> None:
     for created in (rule, first):
         assert admin.delete(f"/routing-rules/{created.json()['id']}", "write").status_code == 204
     assert chat(admin, f"{prefix}-1").status_code == 404
+
+
+# --- every setting of a configured deployment --------------------------------------------------------------
+
+
+def test_every_setting_of_a_configured_deployment_can_be_stored(admin: Admin) -> None:
+    name = unique("settings")
+    settings = {
+        "rpm": 600,
+        "tpm": 90_000,
+        "credentials": [
+            {"id": "team-a", "rpm": 300, "options": {"reply": "from team a"}},
+            {"id": "team-b", "tpm": 40_000},
+        ],
+        "credential_strategy": "fill_first",
+        "proxies": ["http://proxy-1.internal:3128", "http://proxy-2.internal:3128"],
+        "price": {"input": 2.5, "output": "10"},
+        "health_check": True,
+        "optional": True,
+    }
+    created = admin.post("/deployments", json={"model_name": name, "provider": "mock", **settings})
+    assert created.status_code == 201, created.text
+    deployment = created.json()
+    assert deployment["rpm"] == 600 and deployment["tpm"] == 90_000
+    assert deployment["credentials"] == [
+        {"id": "team-a", "has_api_key": False, "rpm": 300, "tpm": None, "options": {"reply": "from team a"}},
+        {"id": "team-b", "has_api_key": False, "rpm": None, "tpm": 40_000, "options": {}},
+    ]
+    assert deployment["credential_strategy"] == "fill_first"
+    assert deployment["proxies"] == settings["proxies"] and deployment["proxy_pool"] is None
+    assert deployment["price"] == {"input": "2.5", "output": "10", "cached_input": None, "cache_write": None}
+    assert deployment["health_check"] is True and deployment["optional"] is True
+    assert admin.get(f"/deployments/{deployment['id']}").json() == deployment
+
+    # They take effect: the price is the deployment's own, active checks run for it.
+    effective = admin.get("/prices/effective", params={"model": name}).json()["data"]
+    assert [(row["source"], row["price"]["input"]) for row in effective] == [("deployment", "2.5")]
+    health = admin.get("/deployments/health").json()["data"]
+    assert [row["active_checks"] for row in health if row["id"] == f"db:{deployment['id']}"] == [True]
+
+    # An update keeps what it does not name; null clears a limit, the price or the health override.
+    kept = admin.patch(f"/deployments/{deployment['id']}", json={"weight": 3})
+    assert kept.status_code == 200, kept.text
+    assert {key: kept.json()[key] for key in settings} == {key: deployment[key] for key in settings}
+    cleared = admin.patch(
+        f"/deployments/{deployment['id']}",
+        json={"rpm": None, "price": None, "health_check": None, "proxies": [], "credentials": []},
+    )
+    assert cleared.status_code == 200, cleared.text
+    after = cleared.json()
+    assert (after["rpm"], after["price"], after["health_check"]) == (None, None, None)
+    assert after["proxies"] == [] and after["credentials"] == [] and after["tpm"] == 90_000
+    assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204
+
+
+def test_a_deployment_at_its_rpm_leaves_the_requests_to_the_others(admin: Admin) -> None:
+    name = unique("limited")
+    limited = admin.post(
+        "/deployments",
+        json={"model_name": name, "provider": "mock", "rpm": 2, "options": {"reply": "limited"}},
+    )
+    assert limited.status_code == 201, limited.text
+    assert limited.json()["rpm"] == 2
+    other = admin.post(
+        "/deployments", json={"model_name": name, "provider": "mock", "options": {"reply": "other"}}
+    )
+    assert other.status_code == 201, other.text
+    answers = [chat(admin, name) for _ in range(6)]
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+    served_by = [answer.headers["x-lockgate-deployment"] for answer in answers]
+    # Round robin would give each three; the limited one takes two within the minute.
+    assert served_by.count(f"db:{limited.json()['id']}") == 2
+    assert served_by.count(f"db:{other.json()['id']}") == 4
+    for created in (limited, other):
+        assert admin.delete(f"/deployments/{created.json()['id']}").status_code == 204
+
+
+def test_credentials_take_turns_and_their_keys_are_write_only(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the ORM's SQL and parameters included
+    keys = [f"sk-credential-{index}-{uuid.uuid4().hex}" for index in range(3)]
+    with FakeOpenAI() as fake:
+        fake.other_keys.update(keys)
+        name = unique("pooled")
+        created = admin.post(
+            "/deployments",
+            json={
+                "model_name": name,
+                "provider": "openai",
+                "upstream_model": "gpt-4o-mini",
+                "base_url": fake.base_url,
+                "api_key": fake.api_key,
+                "credentials": [{"id": "a", "api_key": keys[0]}, {"id": "b", "api_key": keys[1], "rpm": 100}],
+            },
+        )
+        assert created.status_code == 201, created.text
+        deployment = created.json()
+        assert [c["has_api_key"] for c in deployment["credentials"]] == [True, True]
+        for _ in range(4):
+            assert chat(admin, name).status_code == 200
+        assert fake.keys_used() == [keys[0], keys[1], keys[0], keys[1]]
+
+        # Changing anything else keeps the pool and its keys.
+        assert admin.patch(f"/deployments/{deployment['id']}", json={"weight": 2}).status_code == 200
+        fake.reset()
+        for _ in range(2):
+            assert chat(admin, name).status_code == 200
+        assert fake.keys_used() == [keys[0], keys[1]]
+
+        # A credential sent without api_key keeps its stored key; null removes it (the deployment's
+        # key is then used); a new key replaces the stored one.
+        changed = admin.patch(
+            f"/deployments/{deployment['id']}",
+            json={"credentials": [{"id": "b", "rpm": 50}, {"id": "a", "api_key": None}]},
+        )
+        assert changed.status_code == 200, changed.text
+        assert [(c["id"], c["has_api_key"], c["rpm"]) for c in changed.json()["credentials"]] == [
+            ("b", True, 50),
+            ("a", False, None),
+        ]
+        fake.reset()
+        for _ in range(2):
+            assert chat(admin, name).status_code == 200
+        assert fake.keys_used() == [keys[1], fake.api_key]
+        replaced = admin.patch(
+            f"/deployments/{deployment['id']}", json={"credentials": [{"id": "b", "api_key": keys[2]}]}
+        )
+        assert replaced.status_code == 200, replaced.text
+        fake.reset()
+        assert chat(admin, name).status_code == 200
+        assert fake.keys_used() == [keys[2]]
+
+        reads = [admin.get(f"/deployments/{deployment['id']}").text, admin.get("/deployments").text]
+        reads += [created.text, changed.text, replaced.text]
+        for key in keys:
+            assert all(key not in read for read in reads)
+            assert key not in admin.backend.dump()
+            assert key not in caplog.text
+        assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204
+
+
+def test_bad_settings_are_400_naming_the_field(admin: Admin) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"rpm": 0}, "rpm"),
+        ({"tpm": "many"}, "tpm"),
+        ({"credentials": [{"rpm": 0}]}, "credentials[0].rpm"),
+        ({"credentials": [{"id": "a"}, {"colour": "blue"}]}, "credentials[1].colour"),
+        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials"),
+        ({"credentials": [{"options": {"chunks": 0}}]}, "credentials[0].options"),
+        ({"credential_strategy": "random"}, "credential_strategy"),
+        ({"proxy": "http://a.internal:3128", "proxies": ["http://b.internal:3128"]}, "proxy"),
+        ({"proxy_pool": "no-such-pool"}, "proxy_pool"),
+        ({"price": {"input": -1, "output": 1}}, "price.input"),
+        ({"price": {"input": 1}}, "price.output"),
+        ({"health_check": "sometimes"}, "health_check"),
+    ]
+    name = unique("bad-settings")
+    for settings, param in cases:
+        response = admin.post("/deployments", json={"model_name": name, "provider": "mock", **settings})
+        assert response.status_code == 400, (settings, response.text)
+        assert response.json()["error"]["param"] == param, (settings, response.text)
+    assert admin.get("/deployments", params={"model_name": name}).json()["total"] == 0
+    deployment = admin.post("/deployments", json={"model_name": name, "provider": "mock"}).json()
+    for settings, param in [
+        ({"credentials": None}, "credentials"),
+        ({"credential_strategy": None}, "credential_strategy"),
+        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials"),
+    ]:
+        response = admin.patch(f"/deployments/{deployment['id']}", json=settings)
+        assert response.status_code == 400, (settings, response.text)
+        assert response.json()["error"]["param"] == param, (settings, response.text)
+    assert admin.get(f"/deployments/{deployment['id']}").json()["credentials"] == []
+    assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204

@@ -190,18 +190,68 @@ async def test_broken_records_are_skipped_with_a_log_line(
     assert httpx.get(f"{server.url}/ready").status_code == 200
 
 
+async def test_a_credential_whose_key_cannot_be_decrypted_is_a_clear_skip(
+    db: Database, database_url: str, serve: Callable[..., GatewayServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    other_key = SecretBox(generate_key())
+    good = {"id": "good", "api_key_encrypted": BOX.encrypt("sk-good-credential")}
+    unreadable = await db.run(
+        DeploymentRecord.create(
+            model_name="c1",
+            provider="mock",
+            settings={
+                "credentials": [good, {"id": "lost", "api_key_encrypted": other_key.encrypt("sk-lost")}]
+            },
+        )
+    )
+    in_clear = await db.run(
+        DeploymentRecord.create(
+            model_name="c2", provider="mock", settings={"credentials": [{"api_key": "sk-in-clear"}]}
+        )
+    )
+    served = await db.run(
+        DeploymentRecord.create(
+            model_name="c3", provider="mock", settings={"credentials": [good, {"id": "shared"}]}
+        )
+    )
+    server = serve(gateway_config(database_url))
+    assert chat(server, "c1").status_code == 404
+    assert chat(server, "c2").status_code == 404
+    assert chat(server, "c3").headers["x-lockgate-deployment"] == f"db:{served.id}"
+    log = caplog.text
+    assert (
+        f"deployment record {unreadable.id} skipped: the api_key of credentials[1] cannot be decrypted "
+        "with secrets.key"
+    ) in log
+    assert f"deployment record {in_clear.id} skipped: credentials[0] holds an api_key in clear" in log
+    for secret in ("sk-good-credential", "sk-lost", "sk-in-clear"):
+        assert secret not in log
+
+
 async def test_an_api_key_without_secrets_key_is_a_clear_skip(
     db: Database, database_url: str, serve: Callable[..., GatewayServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     record = await db.run(
         DeploymentRecord.create(model_name="keyed", provider="mock", api_key_encrypted=BOX.encrypt("sk-x"))
     )
+    pooled = await db.run(
+        DeploymentRecord.create(
+            model_name="pooled",
+            provider="mock",
+            settings={"credentials": [{"api_key_encrypted": BOX.encrypt("sk-y")}]},
+        )
+    )
     config = gateway_config(database_url)
     del config["secrets"]
     server = serve(config)
     assert chat(server, "keyed").status_code == 404
+    assert chat(server, "pooled").status_code == 404
     assert f"deployment record {record.id} skipped" in caplog.text
     assert "secrets.key is not configured" in caplog.text
+    assert (
+        f"deployment record {pooled.id} skipped: credentials[0] has an encrypted api_key but "
+        "secrets.key is not configured"
+    ) in caplog.text
 
 
 # --- reloading ---------------------------------------------------------------------------------------------------
