@@ -212,6 +212,20 @@ def cost_nano_usd(usage: dict[str, Any]) -> int:
     return int((micro * 1000).to_integral_value(rounding=ROUND_CEILING))
 
 
+async def settled_budget(name: str, redis_url: str = REDIS_URL, seconds: float = 5.0) -> int:
+    """The key's budget counter once the settlements of earlier requests landed (they may wait a
+    few milliseconds to share a round trip): two readings 0.1 s apart agree."""
+    deadline = time.monotonic() + seconds
+    last = await budget_charged(name, redis_url)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = await budget_charged(name, redis_url)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 async def verify_enforced(
     port: int, *, api_key: str, body: bytes, name: str, host: str = "127.0.0.1", redis_url: str = REDIS_URL
 ) -> Evidence:
@@ -219,7 +233,7 @@ async def verify_enforced(
     settled to its real cost."""
     url = f"http://{host}:{port}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-    before = await budget_charged(name, redis_url)
+    before = await settled_budget(name, redis_url)
     async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
         answer = await response.read()
         found = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("x-ratelimit-")}
@@ -237,8 +251,8 @@ async def verify_enforced(
     while (charged := await budget_charged(name, redis_url) - before) != cost:
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"full policy: the request charged the key's budget {charged} µUSD, not its cost of "
-                f"{cost} µUSD"
+                f"full policy: the request charged the key's budget {charged} nUSD, not its cost of "
+                f"{cost} nUSD"
             )
         await asyncio.sleep(0.05)
     return Evidence(rate_headers=found, first_cost_nano_usd=cost)
