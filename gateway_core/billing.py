@@ -73,6 +73,8 @@ SHUTDOWN_FLUSH_SECONDS = 10.0
 WARN_EVERY_SECONDS = 30.0
 #: Billing records held in memory while the database cannot take them; beyond, they go to the spool.
 QUEUE_SIZE = 100_000
+#: Seconds between two looks for spool files other workers left.
+SPOOL_LOOK_SECONDS = 60.0
 #: Event ids looked up per query when a batch is written.
 STORED_IDS_PER_QUERY = 500
 #: The key of the gateway's ledger in ``gateway.plugin_state``.
@@ -470,12 +472,18 @@ class BillingWriter:
         self._wake.set()
 
     async def _run(self) -> None:
+        next_look = time.monotonic() + SPOOL_LOOK_SECONDS
         while True:
             # Not ``wait_for``: it can swallow a cancellation that comes as the event is set.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self.spool is not None and time.monotonic() >= next_look:
+                # Files another worker of this server left (it stopped while the database was down).
+                next_look = time.monotonic() + SPOOL_LOOK_SECONDS
+                if self.spool.segments():
+                    self._replay_due = True
             if await self.flush() and self._replay_due and self.database.healthy:
                 try:
                     await self.replay()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_core import billing
 from gateway_core.billing import BillingWriter, Ledger, Movement, Owner, Reservation, from_units
 from gateway_core.store import database as database_module
 from gateway_core.store.database import Database
@@ -175,6 +176,24 @@ async def test_a_replayed_spool_whose_records_are_written_charges_once(
         assert ledger.writer.pending == {}
     finally:
         await ledger.close()
+
+
+async def test_a_spool_another_worker_left_is_replayed_within_a_minute(
+    db: Database, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(billing, "SPOOL_LOOK_SECONDS", 0.05)
+    writer = BillingWriter(db, interval=0.02, spool=Spool(spool_folder(spool_dir, db), Movement.from_json))
+    await writer.start()
+    try:
+        # Another worker of the server stops while the database is down: its charges are spooled.
+        other = Spool(spool_folder(spool_dir, db), Movement.from_json)
+        other.append([movement(USER, -CENT, f"other-{index}") for index in range(3)])
+        other.close()
+        await until(lambda: not spool_files(spool_dir))
+        assert sorted(r.request_id for r in await charges(db, USER)) == ["other-0", "other-1", "other-2"]
+        assert await stored_balance(db, USER) == Decimal("-0.03")
+    finally:
+        await writer.close()
 
 
 async def test_a_torn_spool_line_is_skipped_and_the_rest_replayed(db: Database, spool_dir: Path) -> None:
