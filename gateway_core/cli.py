@@ -116,7 +116,9 @@ class _Refused(Exception):
 
 
 def _with_database(
-    args: argparse.Namespace, work: Callable[[GatewayConfig, Database], Awaitable[int]]
+    args: argparse.Namespace,
+    work: Callable[[GatewayConfig, Database], Awaitable[int]],
+    holds: str = "keys and users",
 ) -> int:
     """Open the configuration's database, run ``work`` with it active, close it.
 
@@ -131,7 +133,7 @@ def _with_database(
     config = _load(args)
     database = Database.from_config(config)
     if database is None:
-        raise ConfigError(f"{config.source}: no database section: keys and users live in the database")
+        raise ConfigError(f"{config.source}: no database section: {holds} live in the database")
     logging.getLogger("lockgate").setLevel(logging.CRITICAL)
 
     async def run() -> int:
@@ -302,7 +304,7 @@ def cmd_secrets_rotate(args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    return _with_database(args, work)
+    return _with_database(args, work, holds="stored deployments and their keys")
 
 
 def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:

@@ -140,3 +140,11 @@ def test_secrets_rotate_needs_secrets_key(tmp_path: Path) -> None:
     result = lockgate("secrets", "rotate", "--config", str(config))
     assert result.returncode == 2
     assert "secrets.key is not configured" in result.stderr
+
+
+def test_secrets_rotate_needs_a_database(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump({"secrets": {"key": generate_key()}}))
+    result = lockgate("secrets", "rotate", "--config", str(config))
+    assert result.returncode == 2
+    assert "no database section: stored deployments and their keys live in the database" in result.stderr
