@@ -83,6 +83,10 @@ class BillingRecord(BaseModel):
     request_id: str | None = Field(description="the request charged (its x-request-id)")
     note: str
     actor: str | None = Field(description="the id of the admin user who made a top-up; null for charges")
+    event_id: str | None = Field(
+        description="the movement's unique id: a charge written or replayed twice is stored once under it "
+        "(null for records older than it)"
+    )
 
 
 class BillingRecordList(schemas.Page[BillingRecord]):

@@ -47,6 +47,7 @@ def test_a_top_up_makes_the_balance_and_records_who_made_it(admin: Admin) -> Non
     assert Decimal(record["balance_after"]) == Decimal("10.5")
     assert record["actor"] == admin.users["write"]["id"]
     assert record["note"] == "welcome credit"
+    assert isinstance(record["event_id"], str) and record["event_id"]
 
     second = top_up(admin, f"user/{user}", 0.25)  # a JSON number works too
     assert second.status_code == 201, second.text
