@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 #: Most give-backs and releases kept for replay while Redis is down; older ones are dropped.
 MAX_PENDING = 10_000
+#: Settlements replayed together once Redis is back (one batch each group).
+REPLAY_AT_ONCE = 500
 
 #: Slot tokens say which store holds the slot.
 _IN_MEMORY = "m:"
@@ -290,20 +292,30 @@ class Counters:
         )
 
     async def _replay(self) -> int:
+        """Write the settlements Redis missed, :data:`REPLAY_AT_ONCE` at a time (each group one
+        batch, one round trip); stops at the first that Redis misses again."""
         from gateway_core.store.kv import RedisUnavailable
 
         replayed = 0
         while self._pending:
-            operation = self._pending[0]
+            group = [self._pending.popleft() for _ in range(min(REPLAY_AT_ONCE, len(self._pending)))]
             try:
-                await operation()
-            except RedisUnavailable as exc:
-                self._outage(exc)
+                outcomes = await asyncio.gather(*(operation() for operation in group), return_exceptions=True)
+            except asyncio.CancelledError:
+                self._pending.extendleft(reversed(group))  # kept for the next replay
+                raise
+            missed: list[Callable[[], Awaitable[None]]] = []
+            for operation, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, RedisUnavailable):
+                    self._outage(outcome)
+                    missed.append(operation)
+                    continue
+                if isinstance(outcome, BaseException):
+                    log.error("replaying a settlement failed: %s: %s", type(outcome).__name__, outcome)
+                replayed += 1
+            if missed:
+                self._pending.extendleft(reversed(missed))
                 break
-            except Exception as exc:
-                log.error("replaying a settlement failed: %s: %s", type(exc).__name__, exc)
-            self._pending.popleft()
-            replayed += 1
         return replayed
 
     def spawn(self, coro: Awaitable[Any]) -> None:

@@ -483,3 +483,33 @@ async def test_a_batch_lost_to_an_outage_follows_the_outage_mode(
             assert counters.outages == 1
         finally:
             await redis.stop()
+
+
+async def test_settlements_redis_missed_are_replayed_together_when_it_is_back(
+    clock: Clock, fast_probe: None
+) -> None:
+    with RedisServer() as server:
+        redis = SharedRedis(RedisConfig(url=server.url, timeout=0.3))
+        await redis.start()
+        counters = Counters(redis, on_outage="open", clock=clock)
+        try:
+            tokens = Window("tokens:total", 10_000, Period.TOTAL, amount=100)
+            taken = [await counters.take(f"key:r{n}", [tokens]) for n in range(3)]
+            server.kill()
+            for n, verdict in enumerate(taken):  # each call used 50 more than it reserved
+                await counters.adjust(f"key:r{n}", tokens, 50, at=verdict.at, backend=verdict.backend)
+            assert counters.status()["pending"] == 3
+            assert counters.redis is not None
+            before = counters.redis.round_trips
+            server.start()  # a new, empty Redis: the replayed settlements are all it holds
+            for _ in range(200):
+                if counters.healthy and not counters.status()["pending"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert counters.status()["pending"] == 0
+            assert counters.redis.round_trips == before + 1  # all three in one batch
+            probe = Window("tokens:total", 10_000, Period.TOTAL, amount=0)
+            for n in range(3):
+                assert (await counters.take(f"key:r{n}", [probe])).used["tokens:total"] == 50
+        finally:
+            await redis.stop()
