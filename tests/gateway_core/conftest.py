@@ -7,14 +7,16 @@ server must answer: an unreachable server fails the tests instead of skipping th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from gateway_core.store.database import Database
 from gateway_core.store.migrate import upgrade
 
 POSTGRES_ENV = "LOCKGATE_TEST_POSTGRES_DSN"
@@ -57,3 +59,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite://{tmp_path / 'lockgate.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@contextlib.asynccontextmanager
+async def started_database(url: str, tables: Sequence[str]) -> AsyncIterator[Database]:
+    """A started :class:`Database` at ``url``, migrated, with ``tables`` emptied (PostgreSQL's session
+    database outlives a test; each SQLite database is new)."""
+    if url.startswith("sqlite"):
+        await upgrade(url)
+    database = Database(url)
+    await database.start()
+    if database.dialect == "postgres":
+        await database.connection().execute_script(f"TRUNCATE {', '.join(tables)} CASCADE")
+    try:
+        yield database
+    finally:
+        await database.stop()

@@ -18,9 +18,9 @@ from gateway_core import billing
 from gateway_core.billing import BillingWriter, Ledger, Movement, Owner, Reservation, from_units
 from gateway_core.store import database as database_module
 from gateway_core.store.database import Database
-from gateway_core.store.migrate import upgrade
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
 from gateway_core.usage.spool import Spool, spool_folder
+from tests.gateway_core.conftest import started_database
 from tests.gateway_core.store.test_database import TcpRelay
 from tests.gateway_core.usage.factories import until
 
@@ -34,15 +34,8 @@ CENT = 1_000_000
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """A started database of each dialect, up to date, without balances or billing records."""
-    if database_url.startswith("sqlite"):
-        await upgrade(database_url)
-    database = Database(database_url)
-    await database.start()
-    await _empty(database)
-    try:
+    async with started_database(database_url, BILLING_TABLES) as database:
         yield database
-    finally:
-        await database.stop()
 
 
 async def _empty(database: Database) -> None:

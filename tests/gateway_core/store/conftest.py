@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway_core.store.database import Database
-from gateway_core.store.migrate import upgrade
+from tests.gateway_core.conftest import started_database
 
 POSTGRES_ENV = "LOCKGATE_TEST_POSTGRES_DSN"
 REDIS_ENV = "LOCKGATE_TEST_REDIS_URL"
@@ -24,16 +24,8 @@ TABLES = ("api_keys", "users", "organizations", "deployments", "routing_rules")
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """A started :class:`Database` on an up-to-date, empty database."""
-    if database_url.startswith("sqlite"):
-        await upgrade(database_url)
-    database = Database(database_url)
-    await database.start()
-    if database.dialect == "postgres":
-        await database.connection().execute_script(f"TRUNCATE {', '.join(TABLES)} CASCADE")
-    try:
+    async with started_database(database_url, TABLES) as database:
         yield database
-    finally:
-        await database.stop()
 
 
 @pytest.fixture

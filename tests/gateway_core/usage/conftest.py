@@ -15,8 +15,8 @@ import pytest
 
 from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database
-from gateway_core.store.migrate import upgrade
 from gateway_core.usage.log import UsageLog
+from tests.gateway_core.conftest import started_database
 
 USAGE_TABLES = ("usage_records", "usage_rollups")
 
@@ -24,16 +24,8 @@ USAGE_TABLES = ("usage_records", "usage_rollups")
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """A started database of each dialect, up to date, with empty usage tables."""
-    if database_url.startswith("sqlite"):
-        await upgrade(database_url)
-    database = Database(database_url)
-    await database.start()
-    if database.dialect == "postgres":
-        await database.connection().execute_script(f"TRUNCATE {', '.join(USAGE_TABLES)}")
-    try:
+    async with started_database(database_url, USAGE_TABLES) as database:
         yield database
-    finally:
-        await database.stop()
 
 
 @pytest.fixture
