@@ -122,7 +122,7 @@ class Counters:
         """Take on several scopes (key, user, organization ...), all or nothing: on a refusal the
         scopes already taken are given back and the refusing verdict is in ``refusal``."""
         reservation = Reservation(self)
-        await reservation.take(requests)
+        await reservation.take_soon(requests)
         return reservation
 
     async def adjust(
