@@ -5,15 +5,21 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= conf/lockgate.yaml
 PORT   ?= 8080
+# Exact versions with hashes, written from pyproject.toml by `make lock`: the runtime alone (containers,
+# production) and the runtime with the `dev` extra (what `make run`, `make test` and CI install).
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
 
-.PHONY: run test lint format bench check-config migration clean
+.PHONY: run test lint format bench check-config migration lock lock-upgrade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# A changed lock file (or pyproject.toml, for the entry points) reinstalls.
+$(STAMP): $(BIN)/python $(DEV_LOCK) pyproject.toml
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 var/dev-key: | $(STAMP)
@@ -64,6 +70,19 @@ check-config: $(STAMP)
 migration: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make migration NAME=what_changed" >&2; exit 2; }
 	$(BIN)/python -m gateway_core.store.migrate make $(NAME)
+
+# Both lock files from pyproject.toml, for every platform and Python 3.11 on. `make lock` keeps the
+# versions already locked wherever pyproject.toml still allows them (run it after editing its
+# dependencies); `make lock-upgrade` moves every package to the newest release allowed.
+LOCK_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock'
+
+lock: $(STAMP)
+	$(LOCK_COMPILE) $(UPGRADE) --extra dev -o $(DEV_LOCK)
+	$(LOCK_COMPILE) -c $(DEV_LOCK) -o $(LOCK)
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
