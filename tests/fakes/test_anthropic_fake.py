@@ -397,16 +397,43 @@ def test_error_event_mid_stream(fake: FakeAnthropic, client: anthropic.Anthropic
 
 
 def test_connection_dropped_mid_stream(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
+    """The SDK hands over the events that arrived, then raises its connection error: not a timeout, not
+    an API error, and caused by the body ending before its last chunk."""
     fake.behave(die_after=4)
+    received: list[str] = []
     with (
-        pytest.raises(httpx2.TransportError),
+        pytest.raises(anthropic.APIConnectionError) as raised,
         client.messages.stream(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "a b c"}]
         ) as stream,
     ):
-        for _ in stream:
-            pass
+        received.extend(event.type for event in stream)  # kept up to the error
+    assert not isinstance(raised.value, anthropic.APITimeoutError)
+    assert isinstance(raised.value.__cause__, httpx2.RemoteProtocolError)
+    assert received[:2] == ["message_start", "content_block_start"]
+    assert "content_block_delta" in received
+    assert "message_stop" not in received
     assert fake.completed_streams == 0
+
+
+def test_a_dropped_stream_stops_before_the_last_chunk(fake: FakeAnthropic) -> None:
+    """As a real server that goes away: the connection closes inside the chunked body, after the events
+    already sent, and without the zero-length chunk that would end the body cleanly."""
+    fake.behave(die_after=4)
+    body = {
+        "model": MODEL,
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "a b c"}],
+    }
+    with pytest.raises(http.client.IncompleteRead) as raised:
+        raw_post(fake, body, HEADERS)
+    assert event_names(raised.value.partial) == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ]
 
 
 async def test_async_client_streams(server: FakeAnthropic) -> None:
