@@ -1,17 +1,48 @@
-"""Shared fixtures: a fake OpenAI upstream and a gateway in front of it, both on 127.0.0.1."""
+"""Shared fixtures: a fake OpenAI upstream and a gateway in front of it, both on 127.0.0.1.
+
+Also the run's own settings: the Hypothesis profile (CI's is reproducible) and a summary of the
+PostgreSQL and Redis variants skipped for want of their servers.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import settings
 
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
+from tests import hypothesis_profiles
 from tests.fakes import FakeOpenAI
 from tests.one_call import one_call
+from tests.services import DEFAULTS, not_set
+
+settings.load_profile(hypothesis_profiles.selected(os.environ))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly how many tests were skipped because a service variable is unset."""
+    skipped: dict[str, int] = dict.fromkeys(DEFAULTS, 0)
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        for variable in skipped:
+            skipped[variable] += reason.endswith(not_set(variable))
+    if not any(skipped.values()):
+        return
+    terminalreporter.write_sep("=", "PostgreSQL and Redis variants skipped", yellow=True, bold=True)
+    for variable, count in skipped.items():
+        if count:
+            terminalreporter.write_line(
+                f"{count} skipped because {not_set(variable)}: export {variable}={DEFAULTS[variable]}",
+                yellow=True,
+                bold=True,
+            )
+    terminalreporter.write_line("`make test` sets both and runs everything.", yellow=True, bold=True)
+
 
 #: A second gateway key that may only use the mock models.
 MOCK_ONLY_KEY = "lg-mock-only-key-0123456789abcdef"

@@ -1,15 +1,14 @@
 """A gateway with the admin API on SQLite and on PostgreSQL, and logged-in users of every role.
 
 Every test module here runs once per database. The PostgreSQL server is the one of
-``LOCKGATE_TEST_POSTGRES_DSN`` (default: the local ``test`` database); each run creates a database of
-its own and drops it at the end. Without a reachable server the PostgreSQL runs are skipped, unless
-the variable is set, when they fail.
+``LOCKGATE_TEST_POSTGRES_DSN``; each run creates a database of its own and drops it at the end. Without
+the variable the PostgreSQL runs are skipped (and the run's summary says so); with it, an unreachable
+server fails them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 import uuid
@@ -25,9 +24,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from gateway_core.testing import GatewayServer
+from tests.services import postgres_dsn
 
-POSTGRES_ENV = "LOCKGATE_TEST_POSTGRES_DSN"
-DEFAULT_POSTGRES_DSN = "postgres://postgres@127.0.0.1:5432/test"
 JWT_SECRET = "admin-tests-jwt-secret-0123456789abcdefghij"
 ROOT_EMAIL = "root@example.com"
 ROOT_PASSWORD = "root-password-for-tests"
@@ -103,14 +101,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         _migrate_and_seed(url)
         yield Backend("sqlite", url, sqlite_path=path)
         return
-    dsn = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES_DSN
+    dsn = postgres_dsn()
     name = f"lockgate_admin_{uuid.uuid4().hex[:12]}"
-    try:
-        asyncio.run(_postgres(dsn, f'CREATE DATABASE "{name}"'))
-    except (OSError, ConnectionError) as exc:
-        if os.environ.get(POSTGRES_ENV):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {dsn}: {exc}")
+    asyncio.run(_postgres(dsn, f'CREATE DATABASE "{name}"'))  # unreachable: an error, not a skip
     url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
     try:
         _migrate_and_seed(url)
