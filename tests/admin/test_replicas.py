@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,13 +12,13 @@ from cryptography.fernet import Fernet
 
 from gateway_core.testing import GatewayServer
 from tests.admin.conftest import ROOT_EMAIL, ROOT_PASSWORD, _migrate_and_seed, admin_config
-
-REDIS_ENV = "LOCKGATE_TEST_REDIS_URL"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.services import redis_url
+from tests.waiting import eventually
 
 
 def _redis_url() -> str:
-    url = os.environ.get(REDIS_ENV) or DEFAULT_REDIS_URL
+    """The test Redis (skipped when its variable is unset), which must then answer."""
+    url = redis_url()
 
     async def ping() -> None:
         import coredis
@@ -29,21 +27,16 @@ def _redis_url() -> str:
         async with client:
             await client.ping()
 
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        if os.environ.get(REDIS_ENV):
-            raise
-        pytest.skip(f"Redis is not reachable at {url}: {exc}")
+    asyncio.run(ping())
     return url
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, httpx.Client, str]]:
-    redis_url = _redis_url()
+    redis = _redis_url()
     url = f"sqlite://{tmp_path_factory.mktemp('replicas') / 'lockgate.db'}"
     _migrate_and_seed(url)
-    config = admin_config(url, secrets_key=Fernet.generate_key().decode(), redis={"url": redis_url})
+    config = admin_config(url, secrets_key=Fernet.generate_key().decode(), redis={"url": redis})
     with (
         GatewayServer(config) as first,
         GatewayServer(config) as second,
@@ -51,15 +44,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.C
         httpx.Client(base_url=second.url, timeout=30) as b,
     ):
         yield a, b, first.api_key
-
-
-def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def login(client: httpx.Client) -> dict[str, Any]:
@@ -86,7 +70,7 @@ def test_a_key_revoked_on_one_gateway_stops_on_the_other(
     assert chat(b, key["secret"]) == 200  # cached by the second gateway now
     assert b.get("/admin/api/keys", headers=headers).status_code == 200  # one token, both gateways
     assert a.post(f"/admin/api/keys/{key['id']}/revoke", headers=headers).status_code == 200
-    assert eventually(lambda: chat(b, key["secret"]) == 401, seconds=1.5)
+    eventually(lambda: chat(b, key["secret"]) == 401, timeout=5.0, what="the revocation reaching the other")
 
 
 def test_a_refresh_token_used_on_one_gateway_is_refused_by_the_other(
@@ -94,8 +78,15 @@ def test_a_refresh_token_used_on_one_gateway_is_refused_by_the_other(
 ) -> None:
     a, b, _ = replicas
     pair = login(a)
+    headers = {"Authorization": f"Bearer {pair['access_token']}"}
+    marker = a.post("/admin/api/keys", headers=headers, json={"name": "marker"}).json()
+    assert chat(b, marker["secret"]) == 200  # cached by the second gateway
     assert a.post("/admin/api/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
-    time.sleep(0.5)  # Redis pub/sub delivers within milliseconds
+    # Announced after the token's use on the same Redis: once the second gateway has it, it has both.
+    assert a.post(f"/admin/api/keys/{marker['id']}/revoke", headers=headers).status_code == 200
+    eventually(
+        lambda: chat(b, marker["secret"]) == 401, timeout=5.0, what="the announcements reaching the other"
+    )
     again = b.post("/admin/api/auth/refresh", json={"refresh_token": pair["refresh_token"]})
     assert again.status_code == 401
 
@@ -109,6 +100,6 @@ def test_a_deployment_created_on_one_gateway_is_served_by_the_other(
         "/admin/api/deployments", headers=headers, json={"model_name": "replicated", "provider": "mock"}
     )
     assert created.status_code == 201, created.text
-    assert eventually(lambda: chat(b, gateway_key, "replicated") == 200)
+    eventually(lambda: chat(b, gateway_key, "replicated") == 200, what="the deployment served by the other")
     assert a.delete(f"/admin/api/deployments/{created.json()['id']}", headers=headers).status_code == 204
-    assert eventually(lambda: chat(b, gateway_key, "replicated") == 404)
+    eventually(lambda: chat(b, gateway_key, "replicated") == 404, what="the deletion reaching the other")

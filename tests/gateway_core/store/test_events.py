@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from gateway_core.events import Events
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("the condition did not come true in time")
-        await asyncio.sleep(0.01)
+from tests.waiting import eventually_async as wait_for
 
 
 @pytest.fixture
@@ -112,8 +105,14 @@ async def test_two_instances_on_one_redis_see_each_others_messages(
 
     await second.publish(channel, {"key_id": "b"})
     await wait_for(lambda: got_first == [{"key_id": "a"}, {"key_id": "b"}], 1.0)
-    await asyncio.sleep(0.1)
-    assert got_second == [{"key_id": "a"}, {"key_id": "b"}]  # its own message once, not twice
+    # Redis hands the second replica its own "b" before a later "c": once "c" is in, a copy of "b" would be.
+    await first.publish(channel, {"key_id": "c"})
+    await wait_for(lambda: len(got_second) == 3, 1.0)
+    assert got_second == [
+        {"key_id": "a"},
+        {"key_id": "b"},
+        {"key_id": "c"},
+    ]  # its own message once, not twice
 
 
 async def test_a_channel_subscribed_after_start_receives(
@@ -124,7 +123,7 @@ async def test_a_channel_subscribed_after_start_receives(
     await second.start()
     got: list[dict[str, Any]] = []
     second.subscribe(channel, got.append)
-    await asyncio.sleep(0.3)  # the listener subscribes within its polling interval
+    await second.wait_subscribed(within=5.0)  # the listener subscribes within its polling interval
     await first.publish(channel, {"n": 1})
     await wait_for(lambda: got == [{"n": 1}], 1.0)
 

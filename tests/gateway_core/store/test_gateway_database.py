@@ -309,7 +309,8 @@ async def test_requests_in_flight_keep_the_deployment_they_started_with(
     results: list[httpx.Response] = []
     request = threading.Thread(target=lambda: results.append(chat(server, "slow-model")))
     request.start()
-    time.sleep(0.15)  # the request is waiting on the deployment
+    slow = server.gateway.models["slow-model"].deployments[0]
+    eventually(lambda: slow.in_flight == 1)  # the request is waiting on the deployment
     await db.run(DeploymentRecord.filter(id=record.id).delete())
     in_gateway(server, server.gateway.reload_models())
     assert chat(server, "slow-model").status_code == 404  # new requests: gone

@@ -12,6 +12,7 @@ import httpx
 
 from gateway_core.store.migrate import upgrade
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
+from tests.waiting import eventually_async
 
 REQUESTS_PER_KIND = 12
 
@@ -25,6 +26,12 @@ def gateway_config(database: Path) -> dict[str, Any]:
             "mock-slow": {"deployments": [{"provider": "mock", "options": {"chunks": 20, "latency_ms": 15}}]}
         },
     }
+
+
+def usage_counters(server: GatewayServer) -> dict[str, Any]:
+    """The usage log's counters, as ``/ready`` shows them."""
+    counters: dict[str, Any] = httpx.get(f"{server.url}/ready", timeout=10).json()["usage"]
+    return counters
 
 
 async def one_request(client: httpx.AsyncClient, kind: str, index: int) -> str:
@@ -62,10 +69,12 @@ async def test_concurrent_requests_leave_one_record_each(tmp_path: Path) -> None
                     for kind in ("plain", "stream", "leave")
                 )
             )
-            await asyncio.sleep(0.5)  # the gateway notices the clients that left
-            ready = (await client.get("/ready")).json()
-        assert ready["usage"]["queued"] == 3 * REQUESTS_PER_KIND
-        assert ready["usage"]["dropped"] == 0
+        # The gateway notices the clients that left a moment later; a record too many still shows below.
+        await eventually_async(
+            lambda: usage_counters(server)["queued"] >= 3 * REQUESTS_PER_KIND, what="a record per request"
+        )
+        assert usage_counters(server)["queued"] == 3 * REQUESTS_PER_KIND
+        assert usage_counters(server)["dropped"] == 0
     finally:
         await asyncio.to_thread(server.stop)  # graceful: the usage log is flushed before the database closes
 

@@ -11,6 +11,7 @@ import httpx
 from gateway_core import Deployment, RequestContext
 from gateway_core.testing import GatewayServer
 from plugins.balancers.fill_first import FillFirst
+from tests.waiting import eventually
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -51,8 +52,8 @@ def test_comes_back_to_the_first_once_it_recovers() -> None:
                 break
             order += served_by(client, 1)
         assert order[-1] == "second"
-        time.sleep(1.1)  # one request's worth of the first one's limit is back
-        assert served_by(client, 1) == ["first"]
+        # One request's worth of the first one's limit comes back each second.
+        eventually(lambda: served_by(client, 1) == ["first"], timeout=5.0, what="the first one serving again")
     assert order[:60] == ["first"] * 60
 
 

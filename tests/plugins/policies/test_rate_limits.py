@@ -18,6 +18,7 @@ from gateway_core.limits import Window
 from gateway_core.testing import GatewayServer
 from tests.plugins.policies.conftest import settled, used
 from tests.plugins.policies.redis_server import RedisServer
+from tests.waiting import eventually_async
 
 HELLO: list[Any] = [{"role": "user", "content": "Hello there"}]
 
@@ -154,7 +155,8 @@ async def test_max_parallel_refuses_while_the_slots_are_busy(serve: Callable[...
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
         url = f"{server.base_url}/chat/completions"
         slow = asyncio.ensure_future(client.post(url, json=body))
-        await asyncio.sleep(0.15)
+        deployment = server.gateway.models["mock-slow"].deployments[0]
+        await eventually_async(lambda: deployment.in_flight == 1, what="the slow request holding its slot")
         busy = await client.post(url, json=body)
         assert busy.status_code == 429
         assert busy.headers["retry-after"] == "1"
