@@ -107,12 +107,9 @@ async def test_two_instances_on_one_redis_see_each_others_messages(
     await wait_for(lambda: got_first == [{"key_id": "a"}, {"key_id": "b"}], 1.0)
     # Redis hands the second replica its own "b" before a later "c": once "c" is in, a copy of "b" would be.
     await first.publish(channel, {"key_id": "c"})
-    await wait_for(lambda: len(got_second) == 3, 1.0)
-    assert got_second == [
-        {"key_id": "a"},
-        {"key_id": "b"},
-        {"key_id": "c"},
-    ]  # its own message once, not twice
+    await wait_for(lambda: len(got_second) >= 3, 1.0)
+    once = [{"key_id": "a"}, {"key_id": "b"}, {"key_id": "c"}]
+    assert got_second == once  # its own message once, not twice
 
 
 async def test_a_channel_subscribed_after_start_receives(
