@@ -292,6 +292,13 @@ class DatabaseConfig(_Strict):
     pool_max: int = Field(10, ge=1, description="most connections per worker (PostgreSQL)")
     connect_timeout: float = Field(5.0, gt=0, description="seconds to open a connection (PostgreSQL)")
     command_timeout: float = Field(30.0, gt=0, description="seconds a statement may take (PostgreSQL)")
+    write_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a write transaction (a batch of usage or billing records) may take, from "
+        "taking a connection to its commit; PostgreSQL also closes a session idle this long inside a "
+        "transaction",
+    )
 
     @field_validator("url")
     @classmethod

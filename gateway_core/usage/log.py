@@ -22,10 +22,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from tortoise.transactions import in_transaction
 
 from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database, DatabaseUnavailable
@@ -228,7 +227,9 @@ class UsageLog:
     async def _store(self, batch: list[UsageEntry]) -> None:
         if self.database.healthy:
             try:
-                await self._write(batch)
+                # Counted once committed: a batch whose commit is not confirmed goes to the spool, whose
+                # replay stores (and counts) only the records the database does not hold yet.
+                self.counters.written += await self._write(batch)
             except DatabaseUnavailable:
                 pass  # the database is probed; the spool is replayed when it answers
             except Exception as exc:
@@ -239,25 +240,22 @@ class UsageLog:
                     exc,
                 )
             else:
-                self.counters.written += len(batch)
                 return
         await self._spool(batch)
 
     async def _write(self, batch: Sequence[UsageEntry]) -> int:
-        """Store ``batch`` with its rollups in one transaction; returns the records that were new."""
+        """Store ``batch`` with its rollups in one transaction (bounded by the database's
+        ``write_timeout``); returns the records that were new, once committed."""
         for attempt in range(1, CONFLICT_TRIES + 1):
             try:
-                return await self.database.run(self._transaction(batch))
+                return await self.database.write(
+                    partial(write_batch, dialect=self.database.dialect, entries=batch)
+                )
             except Exception as exc:
                 if attempt == CONFLICT_TRIES or not _is_conflict(exc):
                     raise
                 await asyncio.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
-
-    async def _transaction(self, batch: Sequence[UsageEntry]) -> int:
-        connection_name = self.database.connection().connection_name
-        async with in_transaction(connection_name) as connection:
-            return await write_batch(connection, self.database.dialect, batch)
 
     # --- the spool ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,193 @@
+"""The usage log against a PostgreSQL that hangs, refuses or flaps: writes are bounded in time, no
+transaction outlives its batch, ``written`` counts committed rows only, and every record ends up stored
+once (through a relay, ``tests/gateway_core/store/postgres_relay.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from gateway_core.config import UsageConfig
+from gateway_core.store import database as database_module
+from gateway_core.store.database import Database, DatabaseUnavailable
+from gateway_core.store.models import UsageRecord, UsageRollup
+from gateway_core.usage.log import UsageLog
+from tests.gateway_core.conftest import started_database
+from tests.gateway_core.store.postgres_relay import PostgresRelay
+from tests.gateway_core.usage.conftest import USAGE_TABLES
+from tests.gateway_core.usage.factories import request_context, until
+
+#: Seconds of the client's and the server's bounds in these tests (the defaults are longer).
+LIMIT = 1.5
+
+
+@pytest.fixture
+async def direct(postgres_url: str) -> AsyncIterator[Database]:
+    """The test database, reached directly, with empty usage tables: another replica, and the judge."""
+    async with started_database(postgres_url, USAGE_TABLES) as database:
+        yield database
+
+
+@pytest.fixture
+async def relay(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostgresRelay]:
+    monkeypatch.setattr(database_module, "PROBE_SECONDS", 0.1)
+    relay = PostgresRelay(postgres_url)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+def relayed(relay: PostgresRelay) -> Database:
+    return Database(
+        relay.url, connect_timeout=LIMIT, command_timeout=LIMIT, write_timeout=LIMIT, pool_min=1, pool_max=2
+    )
+
+
+def usage_log(database: Database, spool_dir: Path) -> UsageLog:
+    return UsageLog(database, UsageConfig(batch_size=50, flush_seconds=0.05), spool_dir, stop_timeout=5)
+
+
+async def rows(database: Database) -> int:
+    return await database.run(UsageRecord.all().count())
+
+
+async def idle_in_transaction(database: Database, name: str) -> int:
+    """Sessions of the test database left idle inside a transaction."""
+    found = await database.connection().execute_query_dict(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+        [name],
+    )
+    return int(found[0]["n"])
+
+
+async def until_true(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    """Wait until ``await check()`` answers True, for ``seconds`` at most."""
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition did not hold in time")
+
+
+@pytest.mark.parametrize("statement", [b"BEGIN", b"COMMIT"])
+async def test_a_hung_database_never_leaves_a_transaction_open_nor_loses_a_record(
+    statement: bytes, relay: PostgresRelay, direct: Database, postgres_url: str, tmp_path: Path
+) -> None:
+    """The network goes silent as a batch begins or commits: the write gives up within its bound, the
+    database shows unavailable, the batch is spooled and replayed once the network is back; the other
+    replica is not blocked by the locks of the hung session, and ``written`` counts committed rows."""
+    name = urlsplit(postgres_url).path.lstrip("/")
+    database = relayed(relay)
+    await database.start()
+    hung_log = usage_log(database, tmp_path / "hung")
+    other_log = usage_log(direct, tmp_path / "other")
+    await hung_log.start()
+    await other_log.start()
+    try:
+        for index in range(20):  # every record of this test adds to the same rollup rows
+            hung_log.record(request_context(f"before-{index}"))
+        await hung_log.flush()
+        assert hung_log.counters.written == 20
+
+        relay.hang_on(statement)
+        for index in range(10):
+            hung_log.record(request_context(f"hung-{index}"))
+        await until(lambda: relay.mode == "hang")
+        for index in range(10):  # the other replica writes the same rollup rows meanwhile
+            other_log.record(request_context(f"other-{index}"))
+        await until(lambda: other_log.counters.written == 10, seconds=4 * LIMIT)
+
+        await until(lambda: hung_log.counters.spooled == 10, seconds=4 * LIMIT)
+        assert not database.healthy  # /ready: "database": "unavailable", "status": "degraded"
+        assert hung_log.counters.written == 20  # the batch whose commit never came is not counted
+        for index in range(10):  # traffic goes on during the hang
+            hung_log.record(request_context(f"during-{index}"))
+        await until(lambda: hung_log.counters.spooled == 20, seconds=4 * LIMIT)
+
+        await relay.restore()
+        await until(lambda: hung_log.counters.replayed == 20)
+        for index in range(10):  # and the writer writes again
+            hung_log.record(request_context(f"after-{index}"))
+        await until(lambda: hung_log.counters.written == 30)
+
+        assert await rows(direct) == 60
+        counted = hung_log.counters.written + hung_log.counters.replayed + other_log.counters.written
+        assert counted == 60
+        assert sum(row.requests for row in await direct.run(UsageRollup.all())) == 60
+        assert hung_log.counters.dropped == 0
+        await until_true(lambda: _none_idle(direct, name))
+    finally:
+        await hung_log.stop()
+        await other_log.stop()
+        await database.stop()
+
+
+async def _none_idle(database: Database, name: str) -> bool:
+    return await idle_in_transaction(database, name) == 0
+
+
+async def test_a_write_that_runs_out_of_time_marks_the_database_unavailable(
+    relay: PostgresRelay, direct: Database
+) -> None:
+    database = relayed(relay)
+    await database.start()
+    try:
+        relay.hang()
+
+        async def work(connection: object) -> int:
+            return await UsageRecord.all().count()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DatabaseUnavailable):
+            await database.write(work)
+        assert loop.time() - started < 3 * LIMIT
+        assert not database.healthy
+    finally:
+        await relay.restore()
+        await database.stop()
+
+
+async def test_recovery_survives_outages_that_come_back_while_it_runs(
+    relay: PostgresRelay, direct: Database, tmp_path: Path
+) -> None:
+    """The database comes back, and goes away again (refused, then hung) while its recovery callbacks
+    run, twice: it is probed again each time, and the third recovery replays the spool."""
+    database = relayed(relay)
+    recoveries = 0
+
+    async def reload_meets_an_outage() -> None:  # as the gateway's model reload, a recovery callback
+        nonlocal recoveries
+        recoveries += 1
+        if recoveries == 1:
+            await relay.refuse()
+        elif recoveries == 2:
+            relay.hang()
+        else:
+            return
+        await database.run(UsageRecord.all().count())  # finds the database gone again
+
+    database.on_recover(reload_meets_an_outage)
+    await database.start()
+    log = usage_log(database, tmp_path / "spool")
+    await log.start()
+    try:
+        await relay.refuse()
+        for index in range(10):
+            log.record(request_context(f"during-{index}"))
+        await until(lambda: log.counters.spooled == 10)
+        assert not database.healthy
+        for outage in range(1, 4):
+            await relay.restore()
+            await until(lambda seen=outage: recoveries == seen, seconds=4 * LIMIT)
+        await until(lambda: database.healthy and log.counters.replayed == 10)
+        assert await rows(direct) == 10
+        assert log.status()["spool_files"] == 0
+    finally:
+        await log.stop()
+        await database.stop()
+
