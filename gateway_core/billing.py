@@ -48,7 +48,7 @@ from gateway_core.store.database import DatabaseUnavailable, is_outage
 from gateway_core.store.kv import RedisUnavailable
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
 from gateway_core.usage.records import new_event_id
-from gateway_core.usage.spool import Spool, spool_folder
+from gateway_core.usage.spool import Spool
 
 if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
@@ -661,6 +661,7 @@ class BillingWriter:
                         continue
                     await asyncio.to_thread(segment.remove)
                 self._written(path)
+            await asyncio.to_thread(self.spool.prune)
             present = set(self.spool.segments())
             for path in [path for path in self._spooled if path not in present]:
                 self._written(path)  # replayed by another process, or set aside
@@ -776,7 +777,7 @@ class Ledger:
         if self.writer is None:
             spool = None
             if spool_dir is not None:
-                spool = Spool(spool_folder(spool_dir, self.database), Movement.from_json)
+                spool = Spool(spool_dir, Movement.from_json)
             self.writer = BillingWriter(
                 self.database, interval, batch_size, spool=spool, queue_size=queue_size
             )

@@ -30,7 +30,7 @@ from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database, DatabaseUnavailable
 from gateway_core.usage.records import UsageEntry, entry_from_context
 from gateway_core.usage.retention import apply_retention
-from gateway_core.usage.spool import Spool, spool_folder
+from gateway_core.usage.spool import Spool
 from gateway_core.usage.storage import write_batch
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class UsageLog:
     ) -> None:
         self.database = database
         self.config = config
-        self.spool = Spool(spool_folder(spool_dir, database), UsageEntry.from_json)
+        self.spool = Spool(spool_dir, UsageEntry.from_json)
         self.stop_timeout = stop_timeout
         self.counters = UsageCounters()
         self._batch_size = config.batch_size
@@ -345,6 +345,7 @@ class UsageLog:
                         )
                         continue
                     await asyncio.to_thread(segment.remove)
+            await asyncio.to_thread(self.spool.prune)
         if replayed:
             log.info("usage log: %d record(s) replayed from the spool", replayed)
         return replayed
@@ -382,4 +383,4 @@ def _is_conflict(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["UsageCounters", "UsageLog", "spool_folder"]
+__all__ = ["UsageCounters", "UsageLog"]

@@ -1,4 +1,4 @@
-"""The usage log against a PostgreSQL that hangs, refuses or flaps: writes are bounded in time, no
+"""The usage log against a PostgreSQL that hangs, refuses, flaps or moves: writes are bounded in time, no
 transaction outlives its batch, ``written`` counts committed rows only, and every record ends up stored
 once (through a relay, ``tests/gateway_core/store/postgres_relay.py``)."""
 
@@ -191,3 +191,40 @@ async def test_recovery_survives_outages_that_come_back_while_it_runs(
         await log.stop()
         await database.stop()
 
+
+async def test_a_spool_is_replayed_after_the_database_url_changed(
+    relay: PostgresRelay, direct: Database, postgres_url: str, tmp_path: Path
+) -> None:
+    """Records spooled while the database was refused at one address are replayed by the next start
+    under another address (a new host or port for the same database), and stored once."""
+    spool_dir = tmp_path / "spool"
+    database = relayed(relay)
+    await database.start()
+    log = usage_log(database, spool_dir)
+    await log.start()
+    try:
+        await relay.refuse()
+        for index in range(12):
+            log.record(request_context(f"moved-{index}"))
+        await until(lambda: log.counters.spooled == 12)
+    finally:
+        await log.stop()
+        await database.stop()
+
+    moved = PostgresRelay(postgres_url)  # the same database at another port
+    await moved.start()
+    assert moved.url != relay.url
+    database = relayed(moved)
+    await database.start()
+    log = usage_log(database, spool_dir)
+    await log.start()  # replays the spool at start-up
+    try:
+        await until(lambda: log.counters.replayed == 12)
+        assert await rows(direct) == 12
+        assert log.status()["spool_files"] == 0
+        assert await log.replay() == 0  # nothing left, nothing twice
+        assert await rows(direct) == 12
+    finally:
+        await log.stop()
+        await database.stop()
+        await moved.stop()
