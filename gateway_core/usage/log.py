@@ -82,6 +82,9 @@ class UsageLog:
         self._overflow: deque[UsageEntry] = deque()
         self._in_flight: list[UsageEntry] = []
         self._spooling: list[UsageEntry] = []
+        #: When the oldest record of the queue came (records left by a full batch keep the time of the
+        #: batch's first): a partial batch is written ``flush_seconds`` after it at the latest.
+        self._queued_since = 0.0
         self._wakeup = asyncio.Event()
         self._overflow_wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -114,6 +117,8 @@ class UsageLog:
             self.spool.rotate()
             return
         if len(self._queue) < self._queue_size:
+            if not self._queue:
+                self._queued_since = time.monotonic()
             self._queue.append(entry)
             self._idle.clear()
             if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
@@ -206,14 +211,15 @@ class UsageLog:
                 self._check_idle()
 
     async def _next_batch(self) -> list[UsageEntry]:
-        """The next batch: up to ``batch_size`` records, waiting ``flush_seconds`` at most once one is
-        there; empty when stopping with nothing left."""
+        """The next batch: up to ``batch_size`` records, waiting until ``flush_seconds`` after the
+        oldest came at most (not longer when the previous write took a while); empty when stopping with
+        nothing left."""
         while not self._queue:
             if self._stopping:
                 return []
             self._wakeup.clear()
             await self._wakeup.wait()
-        deadline = time.monotonic() + self.config.flush_seconds
+        deadline = self._queued_since + self.config.flush_seconds
         while len(self._queue) < self._batch_size and not (self._stopping or self._hurry):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
