@@ -6,6 +6,7 @@ Every test runs on SQLite and on PostgreSQL, except the one that cuts a real con
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from gateway_core.store.database import Database
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
 from gateway_core.usage.spool import Spool
 from tests.gateway_core.conftest import started_database
+from tests.gateway_core.store.postgres_relay import PostgresRelay
 from tests.gateway_core.store.test_database import TcpRelay
 from tests.gateway_core.usage.factories import until
 
@@ -275,3 +277,46 @@ async def test_an_outage_spools_beyond_the_queue_counts_it_as_pending_and_replay
         await database.stop()
         if relay.server is not None:
             await relay.cut()
+
+
+async def test_a_hung_database_neither_blocks_other_writers_nor_loses_a_charge(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network goes silent as a batch commits (its balance row locked): the write gives up within
+    ``write_timeout``, the charges wait, the server ends the hung session, so another replica's writer
+    is not blocked, and every charge is stored once when the network is back."""
+    server_url = postgres_url
+    monkeypatch.setattr(database_module, "PROBE_SECONDS", 0.1)
+    limit = 1.5
+    relay = PostgresRelay(server_url)
+    await relay.start()
+    database = Database(
+        relay.url, connect_timeout=limit, command_timeout=limit, write_timeout=limit, pool_max=2
+    )
+    async with started_database(server_url, BILLING_TABLES) as direct:
+        await database.start()
+        hung = BillingWriter(database, interval=0.05, batch_size=10)
+        other = BillingWriter(direct, interval=3600)
+        await hung.start()
+        try:
+            for index in range(5):
+                hung.add(movement(USER, -CENT, f"before-{index}"))
+            await until(lambda: not hung.pending)  # written
+            relay.hang_on(b"COMMIT")
+            for index in range(5):
+                hung.add(movement(USER, -CENT, f"hung-{index}"))
+            await until(lambda: relay.mode == "hang")
+            for index in range(5):  # another replica charges the same balance meanwhile
+                other.add(movement(USER, -CENT, f"other-{index}"))
+            assert await asyncio.wait_for(other.flush(), 4 * limit)
+            await until(lambda: not database.healthy, seconds=4 * limit)
+            assert hung.pending == {USER: -5 * CENT}  # not written: waiting
+
+            await relay.restore()
+            await until(lambda: not hung.pending)
+            assert len(await charges(direct, USER)) == 15
+            assert await stored_balance(direct, USER) == Decimal("-0.15")
+        finally:
+            await hung.close()
+            await database.stop()
+            await relay.stop()
