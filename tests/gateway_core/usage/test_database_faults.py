@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+import openai
 import pytest
 
 from gateway_core.config import UsageConfig
 from gateway_core.store import database as database_module
 from gateway_core.store.database import Database, DatabaseUnavailable
 from gateway_core.store.models import UsageRecord, UsageRollup
+from gateway_core.testing import GatewayServer
 from gateway_core.usage.log import UsageLog
 from tests.gateway_core.conftest import started_database
 from tests.gateway_core.store.postgres_relay import PostgresRelay
@@ -228,3 +232,68 @@ async def test_a_spool_is_replayed_after_the_database_url_changed(
         await log.stop()
         await database.stop()
         await moved.stop()
+
+
+async def test_through_the_gateway_a_hung_database_shows_in_ready_and_loses_no_record(
+    relay: PostgresRelay, direct: Database, tmp_path: Path
+) -> None:
+    """Clients are answered while the database hangs as a batch begins; ``/ready`` says degraded, then
+    ready, every request has its record once the network is back, and the writer writes again."""
+    config = {
+        "database": {
+            "url": relay.url,
+            "connect_timeout": LIMIT,
+            "command_timeout": LIMIT,
+            "write_timeout": LIMIT,
+            "pool_max": 2,
+        },
+        "usage": {"batch_size": 20, "flush_seconds": 0.05, "spool_dir": str(tmp_path / "spool")},
+        "models": {"mock-echo": {"deployments": [{"provider": "mock"}]}},
+    }
+    server = GatewayServer(config)
+    await asyncio.to_thread(server.start)  # the relay serves from this loop meanwhile
+    sdk = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    seen: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+
+            async def ready() -> dict[str, Any]:
+                seen.update((await http.get("/ready")).json())
+                return seen
+
+            async def ask(count: int) -> None:
+                for _ in range(count):
+                    answer = await sdk.chat.completions.create(
+                        model="mock-echo", messages=[{"role": "user", "content": "hi"}]
+                    )
+                    assert answer.choices[0].message.content
+
+            await ask(10)
+            await until_true(lambda: _usage_is(ready, written=10))
+            assert seen["status"] == "ready"
+
+            relay.hang_on(b"BEGIN")
+            await ask(10)  # answered while the batch hangs
+            await until_true(lambda: _state_is(ready, "degraded"), seconds=4 * LIMIT)
+            assert seen["database"] == "unavailable"
+
+            await relay.restore()
+            await until_true(lambda: _state_is(ready, "ready"))
+            await until_true(lambda: _usage_is(ready, pending=0, spool_files=0))
+            usage = seen["usage"]
+            assert usage["written"] + usage["replayed"] == 20 == usage["queued"]
+            await ask(10)  # and the writer writes again
+            await until_true(lambda: _usage_is(ready, written=usage["written"] + 10))
+        assert await rows(direct) == 30
+    finally:
+        await sdk.close()
+        await asyncio.to_thread(server.stop)
+
+
+async def _usage_is(ready: Callable[[], Awaitable[dict[str, Any]]], **expected: int) -> bool:
+    usage = (await ready())["usage"]
+    return all(usage[name] == value for name, value in expected.items())
+
+
+async def _state_is(ready: Callable[[], Awaitable[dict[str, Any]]], status: str) -> bool:
+    return bool((await ready())["status"] == status)
