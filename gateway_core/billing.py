@@ -48,7 +48,7 @@ from gateway_core.store.database import DatabaseUnavailable, is_outage
 from gateway_core.store.kv import RedisUnavailable
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
 from gateway_core.usage.records import new_event_id
-from gateway_core.usage.spool import Spool, spool_folder
+from gateway_core.usage.spool import Spool
 
 if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
@@ -498,7 +498,7 @@ class BillingWriter:
                     return False
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
                 try:
-                    await self.database.run(self._write(batch))
+                    await self._write(batch)
                 except BaseException as exc:
                     # Also when cancelled: the batch may have been stored, but writing it again is safe.
                     self._queue.extendleft(reversed(batch))
@@ -525,48 +525,49 @@ class BillingWriter:
 
     async def _write(self, batch: list[Movement]) -> int:
         """Store the movements not stored yet and add exactly those to their balances, in one
-        transaction; returns how many records were new."""
+        transaction bounded by the database's ``write_timeout``; returns how many records were new."""
+        return await self.database.write(lambda _transaction: self._store(batch))
+
+    async def _store(self, batch: list[Movement]) -> int:
+        """The work of :meth:`_write`, inside its transaction (the ORM's queries run in it)."""
         by_owner: dict[Owner, dict[str, Movement]] = {}
         for movement in batch:
             by_owner.setdefault(movement.owner, {}).setdefault(movement.event_id, movement)
         now = datetime.now(UTC)
         new = 0
-        async with self.database.transaction():
-            # Rows are locked in one order everywhere, so concurrent writers never deadlock. An owner's
-            # row is locked before its event ids are looked up: a writer storing the same movements
-            # meanwhile has committed by then.
-            for owner in sorted(by_owner, key=lambda o: (o.type.value, o.id)):
-                row = await _locked_balance(owner)
-                movements = by_owner[owner]
-                stored = await _stored_event_ids(list(movements))
-                fresh = [movement for event_id, movement in movements.items() if event_id not in stored]
-                if not fresh:
-                    continue
-                running = row.amount
-                records = []
-                for movement in fresh:
-                    amount = from_units(movement.units)
-                    running += amount
-                    records.append(
-                        BillingRecord(
-                            event_id=movement.event_id,
-                            owner_type=owner.type,
-                            owner_id=owner.id,
-                            kind=movement.kind,
-                            amount=amount,
-                            balance_after=running,
-                            request_id=movement.request_id,
-                            note=movement.note,
-                            created_at=movement.created_at,
-                        )
+        # Rows are locked in one order everywhere, so concurrent writers never deadlock. An owner's
+        # row is locked before its event ids are looked up: a writer storing the same movements
+        # meanwhile has committed by then.
+        for owner in sorted(by_owner, key=lambda o: (o.type.value, o.id)):
+            row = await _locked_balance(owner)
+            movements = by_owner[owner]
+            stored = await _stored_event_ids(list(movements))
+            fresh = [movement for event_id, movement in movements.items() if event_id not in stored]
+            if not fresh:
+                continue
+            running = row.amount
+            records = []
+            for movement in fresh:
+                amount = from_units(movement.units)
+                running += amount
+                records.append(
+                    BillingRecord(
+                        event_id=movement.event_id,
+                        owner_type=owner.type,
+                        owner_id=owner.id,
+                        kind=movement.kind,
+                        amount=amount,
+                        balance_after=running,
+                        request_id=movement.request_id,
+                        note=movement.note,
+                        created_at=movement.created_at,
                     )
-                total = sum(movement.units for movement in fresh)
-                if total:
-                    await Balance.filter(id=row.id).update(
-                        amount=F("amount") + from_units(total), updated_at=now
-                    )
-                await BillingRecord.bulk_create(records)
-                new += len(records)
+                )
+            total = sum(movement.units for movement in fresh)
+            if total:
+                await Balance.filter(id=row.id).update(amount=F("amount") + from_units(total), updated_at=now)
+            await BillingRecord.bulk_create(records)
+            new += len(records)
         return new
 
     # --- the spool -----------------------------------------------------------------------------------
@@ -644,9 +645,7 @@ class BillingWriter:
                         log.error("billing spool file %s: %d malformed line(s) skipped", path.name, malformed)
                     try:
                         for start in range(0, len(movements), self.batch_size):
-                            new += await self.database.run(
-                                self._write(movements[start : start + self.batch_size])
-                            )
+                            new += await self._write(movements[start : start + self.batch_size])
                     except Exception as exc:
                         if isinstance(exc, DatabaseUnavailable) or is_outage(exc):
                             self._report(exc)
@@ -662,6 +661,7 @@ class BillingWriter:
                         continue
                     await asyncio.to_thread(segment.remove)
                 self._written(path)
+            await asyncio.to_thread(self.spool.prune)
             present = set(self.spool.segments())
             for path in [path for path in self._spooled if path not in present]:
                 self._written(path)  # replayed by another process, or set aside
@@ -777,7 +777,7 @@ class Ledger:
         if self.writer is None:
             spool = None
             if spool_dir is not None:
-                spool = Spool(spool_folder(spool_dir, self.database), Movement.from_json)
+                spool = Spool(spool_dir, Movement.from_json)
             self.writer = BillingWriter(
                 self.database, interval, batch_size, spool=spool, queue_size=queue_size
             )

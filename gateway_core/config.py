@@ -292,6 +292,13 @@ class DatabaseConfig(_Strict):
     pool_max: int = Field(10, ge=1, description="most connections per worker (PostgreSQL)")
     connect_timeout: float = Field(5.0, gt=0, description="seconds to open a connection (PostgreSQL)")
     command_timeout: float = Field(30.0, gt=0, description="seconds a statement may take (PostgreSQL)")
+    write_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a write transaction (a batch of usage or billing records) may take, from "
+        "taking a connection to its commit; PostgreSQL also closes a session idle this long inside a "
+        "transaction",
+    )
 
     @field_validator("url")
     @classmethod
@@ -388,7 +395,10 @@ class UsageConfig(_Strict):
     enabled: bool | None = Field(None, description="default: on when there is a `database` section")
     batch_size: int = Field(500, ge=1, le=5000, description="records written per transaction at most")
     flush_seconds: float = Field(
-        1.0, gt=0, le=300, description="longest wait before a partial batch is written"
+        0.2,
+        gt=0,
+        le=300,
+        description="longest wait before a partial batch is written: what a killed process can lose",
     )
     queue_size: int = Field(
         10_000, ge=1, description="records held in memory for the writer; beyond, they go to the spool"

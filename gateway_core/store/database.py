@@ -16,7 +16,15 @@ databases of one dialect at a time (SQLite or PostgreSQL, not both at once).
 The request path never waits on the database for what it can cache. :meth:`Database.run` tells an
 outage (connection refused or lost, timeout, server shutting down) from other errors: it raises
 :class:`DatabaseUnavailable` or returns a default, marks the database unhealthy and probes it until it
-answers again, then calls the :meth:`Database.on_recover` callbacks.
+answers again, then calls the :meth:`Database.on_recover` callbacks. The probe outlives outages that
+come back while those callbacks run: it probes again until the database stays up.
+
+Writes are bounded in time: :meth:`Database.write` runs a transaction in a task of its own (so the
+transaction never becomes the connection of the caller's task, nor of tasks started from it) within
+``write_timeout`` seconds, and a transaction that fails or runs out of time closes its connection
+instead of returning it to the pool. On PostgreSQL every connection also carries ``statement_timeout``
+(``command_timeout``) and ``idle_in_transaction_session_timeout`` (``write_timeout``), so the server
+ends a session a hung network left in the middle of a transaction and releases its row locks.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.connection import get_connections
 from tortoise.context import TortoiseContext, get_current_context, set_global_context
 from tortoise.exceptions import ConfigurationError, DBConnectionError
 from tortoise.transactions import in_transaction
@@ -92,8 +101,11 @@ def tortoise_config(
     pool_max: int = 10,
     connect_timeout: float = 5.0,
     command_timeout: float = 30.0,
+    server_settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Tortoise configuration for ``url``: the ``lockgate`` models and aerich's version table."""
+    """The Tortoise configuration for ``url``: the ``lockgate`` models and aerich's version table.
+
+    ``server_settings`` are PostgreSQL settings of every connection of the pool."""
     dialect = dialect_of(url)
     name = connection_name(dialect)
     connection = expand_db_url(url)
@@ -105,6 +117,8 @@ def tortoise_config(
         credentials.setdefault("timeout", connect_timeout)
         credentials.setdefault("command_timeout", command_timeout)
         credentials.setdefault("application_name", "lockgate")
+        if server_settings:
+            credentials["server_settings"] = {**server_settings, **credentials.get("server_settings", {})}
     return {
         "connections": {name: connection},
         "apps": {
@@ -114,6 +128,16 @@ def tortoise_config(
         },
         "use_tz": True,
         "timezone": "UTC",
+    }
+
+
+def session_limits(command_timeout: float, write_timeout: float) -> dict[str, str]:
+    """The PostgreSQL settings that bound each session on the server's side too: a statement ends after
+    ``command_timeout`` seconds, and a session left idle inside a transaction (its client gone quiet, a
+    hung network) is closed after ``write_timeout`` seconds, which releases its locks."""
+    return {
+        "statement_timeout": str(max(1, round(command_timeout * 1000))),
+        "idle_in_transaction_session_timeout": str(max(1, round(write_timeout * 1000))),
     }
 
 
@@ -170,6 +194,7 @@ class Database:
         pool_max: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
+        write_timeout: float = 10.0,
         check_schema: bool = True,
     ) -> None:
         self.url = url
@@ -184,7 +209,10 @@ class Database:
             pool_max=pool_max,
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
+            server_settings=session_limits(command_timeout, write_timeout),
         )
+        #: Seconds a transaction of :meth:`write` may take, from taking a connection to its commit.
+        self.write_timeout = write_timeout
         self._context: TortoiseContext | None = None
         self._probe: asyncio.Task[None] | None = None
         self._recover_callbacks: list[Callable[[], Any]] = []
@@ -204,6 +232,7 @@ class Database:
             pool_max=section.pool_max,
             connect_timeout=section.connect_timeout,
             command_timeout=section.command_timeout,
+            write_timeout=section.write_timeout,
         )
 
     def __repr__(self) -> str:
@@ -385,6 +414,67 @@ class Database:
             async with in_transaction(self._connection) as connection:
                 yield connection
 
+    async def write(
+        self, work: Callable[[BaseDBAsyncClient], Awaitable[T]], *, time_limit: float | None = None
+    ) -> T:
+        """Run ``await work(connection)`` in one transaction that commits within ``time_limit`` seconds
+        (``write_timeout``); returns what ``work`` returns once the transaction has committed.
+
+        The transaction runs in a task of its own: it never becomes the connection of the calling task
+        (nor of tasks that one starts later). When ``work`` fails, the time is up or the caller is
+        cancelled, the transaction is abandoned and, on PostgreSQL, its connection closed rather than
+        returned to the pool. Outages and running out of time mark the database unavailable and raise
+        :class:`DatabaseUnavailable` (whether a commit that timed out took effect is unknown: write
+        idempotently); other errors are raised unchanged.
+        """
+        if self._context is None:
+            raise DatabaseUnavailable(f"database {self.display_url} is not started")
+        limit = self.write_timeout if time_limit is None else time_limit
+        task = asyncio.get_running_loop().create_task(
+            self._transact(work, limit), name="lockgate-database-write"
+        )
+        return await self.run(task)  # cancelling the caller cancels the task, which discards the transaction
+
+    async def _transact(self, work: Callable[[BaseDBAsyncClient], Awaitable[T]], limit: float) -> T:
+        with self.activate():
+            async with asyncio.timeout(limit):
+                if self.dialect != "postgres":
+                    async with in_transaction(self._connection) as connection:
+                        return await work(connection)
+                return await self._transact_postgres(work)
+
+    async def _transact_postgres(self, work: Callable[[BaseDBAsyncClient], Awaitable[T]]) -> T:
+        """One transaction on a connection of the pool, closed unless the transaction committed."""
+        from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
+
+        client = self.connection()
+        assert isinstance(client, AsyncpgDBClient)
+        if client._pool is None:
+            async with client._pool_init_lock:
+                if client._pool is None:
+                    await client.create_connection(with_db=True)
+        assert client._pool is not None
+        pool = client._pool
+        connection = await pool.acquire()
+        transaction = TransactionWrapper(client)
+        transaction._connection = connection
+        # The ORM's queries in ``work`` find the transaction here, in this task's context only.
+        token = get_connections().set(self._connection, transaction)
+        committed = False
+        try:
+            await transaction.begin()
+            result = await work(transaction)
+            await transaction.commit()
+            committed = True
+            return result
+        finally:
+            get_connections().reset(token)
+            if not committed:
+                # Neither rolled back nor reset over a network that may not answer: closed. The server
+                # rolls back when it sees the close, or after ``idle_in_transaction_session_timeout``.
+                connection.terminate()
+            await pool.release(connection)
+
     def connection(self) -> BaseDBAsyncClient:
         """The Tortoise client, for raw SQL (``await db.connection().execute_query(sql, params)``)."""
         if self._context is None:
@@ -419,6 +509,29 @@ class Database:
         self._probe = loop.create_task(self._probe_until_back(), name="lockgate-database-probe")
 
     async def _probe_until_back(self) -> None:
+        """Probe until the database answers, call the recovery callbacks, and start over when an
+        outage came back meanwhile (a callback found it gone again): the probe ends only on a database
+        that is up."""
+        while True:
+            await self._wait_until_reachable()
+            self.healthy = True
+            log.info("database %s is reachable again", self.display_url)
+            for callback in list(self._recover_callbacks):
+                try:
+                    result = callback()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    log.error("a database recovery callback failed: %s", _describe(exc))
+                    if is_outage(exc):
+                        self.healthy = False
+                if not self.healthy:
+                    break
+            if self.healthy:
+                return
+            log.warning("database %s went away again during its recovery: probing", self.display_url)
+
+    async def _wait_until_reachable(self) -> None:
         while True:
             await asyncio.sleep(PROBE_SECONDS)
             try:
@@ -433,16 +546,7 @@ class Database:
                 if not is_outage(exc):
                     log.error("database %s: probe failed: %s", self.display_url, _describe(exc))
                 continue
-            break
-        self.healthy = True
-        log.info("database %s is reachable again", self.display_url)
-        for callback in list(self._recover_callbacks):
-            try:
-                result = callback()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                log.error("a database recovery callback failed: %s", _describe(exc))
+            return
 
     async def _execute(self, sql: str) -> None:
         await self.connection().execute_query(sql)

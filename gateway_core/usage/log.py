@@ -22,16 +22,15 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from tortoise.transactions import in_transaction
 
 from gateway_core.config import UsageConfig
 from gateway_core.store.database import Database, DatabaseUnavailable
 from gateway_core.usage.records import UsageEntry, entry_from_context
 from gateway_core.usage.retention import apply_retention
-from gateway_core.usage.spool import Spool, spool_folder
+from gateway_core.usage.spool import Spool
 from gateway_core.usage.storage import write_batch
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ class UsageLog:
     ) -> None:
         self.database = database
         self.config = config
-        self.spool = Spool(spool_folder(spool_dir, database), UsageEntry.from_json)
+        self.spool = Spool(spool_dir, UsageEntry.from_json)
         self.stop_timeout = stop_timeout
         self.counters = UsageCounters()
         self._batch_size = config.batch_size
@@ -83,6 +82,9 @@ class UsageLog:
         self._overflow: deque[UsageEntry] = deque()
         self._in_flight: list[UsageEntry] = []
         self._spooling: list[UsageEntry] = []
+        #: When the oldest record of the queue came (records left by a full batch keep the time of the
+        #: batch's first): a partial batch is written ``flush_seconds`` after it at the latest.
+        self._queued_since = 0.0
         self._wakeup = asyncio.Event()
         self._overflow_wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -115,6 +117,8 @@ class UsageLog:
             self.spool.rotate()
             return
         if len(self._queue) < self._queue_size:
+            if not self._queue:
+                self._queued_since = time.monotonic()
             self._queue.append(entry)
             self._idle.clear()
             if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
@@ -207,14 +211,15 @@ class UsageLog:
                 self._check_idle()
 
     async def _next_batch(self) -> list[UsageEntry]:
-        """The next batch: up to ``batch_size`` records, waiting ``flush_seconds`` at most once one is
-        there; empty when stopping with nothing left."""
+        """The next batch: up to ``batch_size`` records, waiting until ``flush_seconds`` after the
+        oldest came at most (not longer when the previous write took a while); empty when stopping with
+        nothing left."""
         while not self._queue:
             if self._stopping:
                 return []
             self._wakeup.clear()
             await self._wakeup.wait()
-        deadline = time.monotonic() + self.config.flush_seconds
+        deadline = self._queued_since + self.config.flush_seconds
         while len(self._queue) < self._batch_size and not (self._stopping or self._hurry):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -228,7 +233,9 @@ class UsageLog:
     async def _store(self, batch: list[UsageEntry]) -> None:
         if self.database.healthy:
             try:
-                await self._write(batch)
+                # Counted once committed: a batch whose commit is not confirmed goes to the spool, whose
+                # replay stores (and counts) only the records the database does not hold yet.
+                self.counters.written += await self._write(batch)
             except DatabaseUnavailable:
                 pass  # the database is probed; the spool is replayed when it answers
             except Exception as exc:
@@ -239,25 +246,22 @@ class UsageLog:
                     exc,
                 )
             else:
-                self.counters.written += len(batch)
                 return
         await self._spool(batch)
 
     async def _write(self, batch: Sequence[UsageEntry]) -> int:
-        """Store ``batch`` with its rollups in one transaction; returns the records that were new."""
+        """Store ``batch`` with its rollups in one transaction (bounded by the database's
+        ``write_timeout``); returns the records that were new, once committed."""
         for attempt in range(1, CONFLICT_TRIES + 1):
             try:
-                return await self.database.run(self._transaction(batch))
+                return await self.database.write(
+                    partial(write_batch, dialect=self.database.dialect, entries=batch)
+                )
             except Exception as exc:
                 if attempt == CONFLICT_TRIES or not _is_conflict(exc):
                     raise
                 await asyncio.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
-
-    async def _transaction(self, batch: Sequence[UsageEntry]) -> int:
-        connection_name = self.database.connection().connection_name
-        async with in_transaction(connection_name) as connection:
-            return await write_batch(connection, self.database.dialect, batch)
 
     # --- the spool ------------------------------------------------------------------------------------------
 
@@ -347,6 +351,7 @@ class UsageLog:
                         )
                         continue
                     await asyncio.to_thread(segment.remove)
+            await asyncio.to_thread(self.spool.prune)
         if replayed:
             log.info("usage log: %d record(s) replayed from the spool", replayed)
         return replayed
@@ -384,4 +389,4 @@ def _is_conflict(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["UsageCounters", "UsageLog", "spool_folder"]
+__all__ = ["UsageCounters", "UsageLog"]

@@ -8,22 +8,24 @@ Several processes may share a spool folder (the workers of one server): a segmen
 (``flock``) by the process writing or replaying it, and a segment is named only once it is locked, so
 no process replays a file another is still writing. A segment replayed completely is deleted; one the
 database refuses is renamed ``*.failed`` and left for an operator.
+
+A spool belongs to the deployment, not to one database URL: its records are replayed into the database
+configured now, whatever host, port or name they were spooled under (their ``event_id`` makes a
+replay idempotent). Older versions kept a subfolder per database URL (``postgres-<digest>``); the
+segments of such subfolders are replayed too, and an emptied subfolder is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
-
-if TYPE_CHECKING:
-    from gateway_core.store.database import Database
+from typing import Generic, Protocol, TypeVar
 
 try:
     import fcntl
@@ -34,6 +36,8 @@ log = logging.getLogger("lockgate.usage")
 
 SUFFIX = ".jsonl"
 FAILED_SUFFIX = ".failed"
+#: The subfolders older versions spooled to, one per database URL (its dialect and a digest of it).
+LEGACY_FOLDER = re.compile(r"(sqlite|postgres)-[0-9a-f]{12}")
 #: A segment this large is closed and a new one started, so replays make progress in steps.
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -45,13 +49,6 @@ class SpoolEntry(Protocol):
 
 
 E = TypeVar("E", bound=SpoolEntry)
-
-
-def spool_folder(spool_dir: Path, database: Database) -> Path:
-    """The spool of one database: a subfolder of ``spool_dir`` named for the database (its dialect and a
-    digest of its URL without the password), so no record is replayed into another database."""
-    digest = hashlib.sha256(database.display_url.encode()).hexdigest()[:12]
-    return spool_dir / f"{database.dialect}-{digest}"
 
 
 class Spool(Generic[E]):
@@ -100,18 +97,30 @@ class Spool(Generic[E]):
         self.rotate()
 
     def segments(self) -> list[Path]:
-        """The segments of every process, oldest first."""
-        try:
-            names = sorted(entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX))
-        except FileNotFoundError:
-            return []
-        return [self.folder / name for name in names]
+        """The segments of every process, oldest first (those of older versions' subfolders too)."""
+        found = [path for folder in self._folders() for path in _listed(folder, SUFFIX)]
+        return sorted(found, key=lambda path: path.name)  # names start with their creation time
 
     def failed_segments(self) -> list[Path]:
+        return sorted(path for folder in self._folders() for path in _listed(folder, FAILED_SUFFIX))
+
+    def prune(self) -> None:
+        """Remove the subfolders of older versions once they are empty."""
+        for folder in self._folders()[1:]:
+            with contextlib.suppress(OSError):  # not empty, or gone
+                folder.rmdir()
+
+    def _folders(self) -> list[Path]:
+        """The spool folder, then its subfolders of older versions (one per database URL)."""
         try:
-            return sorted(self.folder.glob(f"*{FAILED_SUFFIX}"))
-        except OSError:
+            subfolders = sorted(
+                Path(entry.path)
+                for entry in os.scandir(self.folder)
+                if LEGACY_FOLDER.fullmatch(entry.name) and entry.is_dir()
+            )
+        except FileNotFoundError:
             return []
+        return [self.folder, *subfolders]
 
     @contextlib.contextmanager
     def claim(self, path: Path) -> Iterator[Segment[E] | None]:
@@ -190,6 +199,13 @@ class Segment(Generic[E]):
         target = self.path.with_suffix(FAILED_SUFFIX)
         os.rename(self.path, target)
         return target
+
+
+def _listed(folder: Path, suffix: str) -> list[Path]:
+    try:
+        return [folder / entry.name for entry in os.scandir(folder) if entry.name.endswith(suffix)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _try_lock(fd: int) -> bool:

@@ -6,6 +6,7 @@ Every test runs on SQLite and on PostgreSQL, except the one that cuts a real con
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,8 +20,9 @@ from gateway_core.billing import BillingWriter, Ledger, Movement, Owner, Reserva
 from gateway_core.store import database as database_module
 from gateway_core.store.database import Database
 from gateway_core.store.models import Balance, BillingKind, BillingRecord, OwnerType
-from gateway_core.usage.spool import Spool, spool_folder
+from gateway_core.usage.spool import Spool
 from tests.gateway_core.conftest import started_database
+from tests.gateway_core.store.postgres_relay import PostgresRelay
 from tests.gateway_core.store.test_database import TcpRelay
 from tests.gateway_core.usage.factories import until
 
@@ -148,7 +150,7 @@ async def test_a_replayed_spool_whose_records_are_written_charges_once(
         writer.add(item)
     assert await writer.flush()
     # A crash between writing the records and deleting the spool file that held them.
-    left_behind = Spool(spool_folder(spool_dir, db), Movement.from_json)
+    left_behind = Spool(spool_dir, Movement.from_json)
     left_behind.append(batch)
     left_behind.close()
     copies = tmp_path / "copies"
@@ -175,11 +177,11 @@ async def test_a_spool_another_worker_left_is_replayed_within_a_minute(
     db: Database, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(billing, "SPOOL_LOOK_SECONDS", 0.05)
-    writer = BillingWriter(db, interval=0.02, spool=Spool(spool_folder(spool_dir, db), Movement.from_json))
+    writer = BillingWriter(db, interval=0.02, spool=Spool(spool_dir, Movement.from_json))
     await writer.start()
     try:
         # Another worker of the server stops while the database is down: its charges are spooled.
-        other = Spool(spool_folder(spool_dir, db), Movement.from_json)
+        other = Spool(spool_dir, Movement.from_json)
         other.append([movement(USER, -CENT, f"other-{index}") for index in range(3)])
         other.close()
         await until(lambda: not spool_files(spool_dir))
@@ -189,8 +191,25 @@ async def test_a_spool_another_worker_left_is_replayed_within_a_minute(
         await writer.close()
 
 
+async def test_a_spool_kept_for_another_database_url_is_replayed(db: Database, spool_dir: Path) -> None:
+    """Older versions kept a spool folder per database URL: one left for another host or port (the
+    database moved) holds this deployment's charges, replayed into the database of now, once."""
+    moved = Spool(spool_dir / f"{db.dialect}-0123456789ab", Movement.from_json)
+    moved.append([movement(USER, -CENT, f"moved-{index}") for index in range(4)])
+    moved.close()
+    ledger = Ledger(db)
+    await ledger.start(interval=3600, batch_size=10, spool_dir=spool_dir)  # replays the spool
+    try:
+        assert spool_files(spool_dir) == []
+        assert not moved.folder.exists()  # the emptied folder of the old layout is removed
+        assert sorted(r.request_id for r in await charges(db, USER)) == [f"moved-{i}" for i in range(4)]
+        assert await stored_balance(db, USER) == Decimal("-0.04")
+    finally:
+        await ledger.close()
+
+
 async def test_a_torn_spool_line_is_skipped_and_the_rest_replayed(db: Database, spool_dir: Path) -> None:
-    left_behind = Spool(spool_folder(spool_dir, db), Movement.from_json)
+    left_behind = Spool(spool_dir, Movement.from_json)
     left_behind.append([movement(USER, -CENT, f"req-{index}") for index in range(3)])
     left_behind.close()
     [segment] = spool_files(spool_dir)
@@ -258,3 +277,46 @@ async def test_an_outage_spools_beyond_the_queue_counts_it_as_pending_and_replay
         await database.stop()
         if relay.server is not None:
             await relay.cut()
+
+
+async def test_a_hung_database_neither_blocks_other_writers_nor_loses_a_charge(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network goes silent as a batch commits (its balance row locked): the write gives up within
+    ``write_timeout``, the charges wait, the server ends the hung session, so another replica's writer
+    is not blocked, and every charge is stored once when the network is back."""
+    server_url = postgres_url
+    monkeypatch.setattr(database_module, "PROBE_SECONDS", 0.1)
+    limit = 1.5
+    relay = PostgresRelay(server_url)
+    await relay.start()
+    database = Database(
+        relay.url, connect_timeout=limit, command_timeout=limit, write_timeout=limit, pool_max=2
+    )
+    async with started_database(server_url, BILLING_TABLES) as direct:
+        await database.start()
+        hung = BillingWriter(database, interval=0.05, batch_size=10)
+        other = BillingWriter(direct, interval=3600)
+        await hung.start()
+        try:
+            for index in range(5):
+                hung.add(movement(USER, -CENT, f"before-{index}"))
+            await until(lambda: not hung.pending)  # written
+            relay.hang_on(b"COMMIT")
+            for index in range(5):
+                hung.add(movement(USER, -CENT, f"hung-{index}"))
+            await until(lambda: relay.mode == "hang")
+            for index in range(5):  # another replica charges the same balance meanwhile
+                other.add(movement(USER, -CENT, f"other-{index}"))
+            assert await asyncio.wait_for(other.flush(), 4 * limit)
+            await until(lambda: not database.healthy, seconds=4 * limit)
+            assert hung.pending == {USER: -5 * CENT}  # not written: waiting
+
+            await relay.restore()
+            await until(lambda: not hung.pending)
+            assert len(await charges(direct, USER)) == 15
+            assert await stored_balance(direct, USER) == Decimal("-0.15")
+        finally:
+            await hung.close()
+            await database.stop()
+            await relay.stop()

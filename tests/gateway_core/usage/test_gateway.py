@@ -35,10 +35,10 @@ def test_the_spool_folder_is_relative_to_the_config_file(tmp_path: Path) -> None
     database = {"url": f"sqlite://{tmp_path / 'lockgate.db'}"}
     gateway = Gateway(config(tmp_path, database=database))
     assert gateway.usage_log is not None
-    assert gateway.usage_log.spool.folder.parent == tmp_path / "var" / "usage-spool"
-    assert gateway.usage_log.spool.folder.name.startswith("sqlite-")  # one subfolder per database
+    # The folder itself, not a subfolder per database URL: a database that moves keeps its spool.
+    assert gateway.usage_log.spool.folder == tmp_path / "var" / "usage-spool"
     custom = Gateway(config(tmp_path, database=database, usage={"spool_dir": "/srv/spool"}))
-    assert custom.usage_log is not None and custom.usage_log.spool.folder.parent == Path("/srv/spool")
+    assert custom.usage_log is not None and custom.usage_log.spool.folder == Path("/srv/spool")
 
 
 def test_storing_prompts_is_refused_with_a_clear_message(tmp_path: Path) -> None:

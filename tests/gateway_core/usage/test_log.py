@@ -16,7 +16,7 @@ from gateway_core.store import database as database_module
 from gateway_core.store.database import Database
 from gateway_core.store.models import UsageRecord, UsageRollup
 from gateway_core.types import Usage
-from gateway_core.usage.log import UsageLog, spool_folder
+from gateway_core.usage.log import UsageLog
 from gateway_core.usage.records import UsageEntry, entry_from_context
 from gateway_core.usage.spool import Spool
 from tests.gateway_core.store.test_database import TcpRelay
@@ -218,7 +218,7 @@ async def test_a_torn_last_line_is_skipped_and_counted(
     db: Database, make_log: MakeLog, spool_dir: Path
 ) -> None:
     # What a gateway that crashed mid-append leaves:
-    left_behind = Spool(spool_folder(spool_dir, db), UsageEntry.from_json)
+    left_behind = Spool(spool_dir, UsageEntry.from_json)
     left_behind.append([entry_from_context(request_context(f"torn-{index}")) for index in range(4)])
     left_behind.close()
     [segment] = left_behind.segments()
@@ -229,6 +229,19 @@ async def test_a_torn_last_line_is_skipped_and_counted(
     assert {r.request_id for r in await stored(db)} == {f"torn-{index}" for index in range(4)}
     assert log.counters.dropped == 1
     assert not log.spool.segments()
+
+
+async def test_a_spool_an_older_version_kept_for_another_database_url_is_replayed(
+    db: Database, make_log: MakeLog, spool_dir: Path
+) -> None:
+    moved = Spool(spool_dir / f"{db.dialect}-0123456789ab", UsageEntry.from_json)
+    moved.append([entry_from_context(request_context(f"moved-{index}")) for index in range(5)])
+    moved.close()
+    log = await make_log()  # replays the spool at start-up
+    await until(lambda: log.counters.replayed == 5)
+    assert {r.request_id for r in await stored(db)} == {f"moved-{index}" for index in range(5)}
+    assert not moved.folder.exists()
+    assert log.status()["spool_files"] == 0
 
 
 async def test_a_database_outage_spools_records_and_they_are_replayed_once_it_is_back(
