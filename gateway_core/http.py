@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -25,11 +25,13 @@ class HttpClient:
     Created when the worker starts (it needs the running event loop) and closed at shutdown.
     """
 
-    def __init__(self, config: HttpConfig | None = None) -> None:
+    def __init__(self, config: HttpConfig | None = None, *, secrets: Iterable[str] = ()) -> None:
         self.config = config or HttpConfig()
         self._session: aiohttp.ClientSession | None = None
         #: Per-worker objects providers share across deployments, e.g. OAuth token caches per account.
         self.shared: dict[str, Any] = {}
+        #: Secrets of the configuration every deployment keeps out of its error messages.
+        self.secrets = frozenset(secrets)
 
     @property
     def session(self) -> aiohttp.ClientSession:

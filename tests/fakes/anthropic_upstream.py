@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_upstream import split_reply
-from tests.fakes.server import BackgroundServer, RecordedRequest
+from tests.fakes.server import BackgroundServer, RecordedRequest, broken_event, echoed_headers
 
 DEFAULT_API_KEY = "sk-ant-fake-upstream-7c2e9b4d1a3f5e60"
 #: ``anthropic-version`` values: the documented 2023-01-01 and 2023-06-01, and the later dated versions
@@ -114,6 +114,11 @@ class Behaviour:
     stream_error: str | None = None
     stream_error_message: str = "Overloaded"
     stream_error_after: int = 3
+    #: With ``status``: append the request's headers (the key included) to the error message.
+    echo_headers: bool = False
+    #: Cut the ``data:`` of the stream event at this index in the middle (not valid JSON), then go on
+    #: with the rest; with ``die_after`` one past it, the stream ends mid-event.
+    broken_event: int | None = None
     #: Reported prompt cache reads and writes.
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
@@ -604,9 +609,10 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
                         400, "invalid_request_error", f"anthropic-version: invalid version {version!r}"
                     )
                 if behaviour.status is not None:
-                    return self._error(
-                        behaviour.status, behaviour.error_type, behaviour.message, behaviour.headers
-                    )
+                    message = behaviour.message
+                    if behaviour.echo_headers:
+                        message = echoed_headers(message, request)
+                    return self._error(behaviour.status, behaviour.error_type, message, behaviour.headers)
                 try:
                     data = orjson.loads(recorded.body)
                 except orjson.JSONDecodeError:
@@ -814,6 +820,8 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
                 },
             )
             events = [*events[: behaviour.stream_error_after], failure]
+        if behaviour.broken_event is not None:
+            events[behaviour.broken_event] = broken_event(events[behaviour.broken_event])
         response = web.StreamResponse(headers={**self._headers(), "cache-control": "no-cache"})
         response.content_type = "text/event-stream"
         response.charset = "utf-8"
