@@ -132,13 +132,18 @@ async def test_read_timeout_mid_stream_is_a_504_error_event() -> None:
     assert stream.error is not None and stream.error.status == 504
 
 
-async def test_upstream_error_event_is_forwarded_once() -> None:
+async def test_upstream_error_event_is_rebuilt_once_and_ends_the_stream() -> None:
     upstream_error = sse_event(
-        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}'
+        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null,"extra":1}}'
     )
-    out, stream = await collect(FakeResponse([chunk("a") + upstream_error]))
-    assert out == chunk("a") + upstream_error
-    assert stream.error is not None
+    out, stream = await collect(FakeResponse([chunk("a") + upstream_error + chunk("b") + DONE]))
+    events = decode_events(out)
+    assert events[0] + b"\n\n" == chunk("a")
+    assert len(events) == 2  # nothing after the error, no [DONE]
+    assert orjson.loads(events[1].removeprefix(b"data: ")) == {
+        "error": {"message": "overloaded", "type": "server_error", "param": None, "code": "upstream_error"}
+    }
+    assert stream.error is not None and stream.error.status == 502
 
 
 @pytest.mark.parametrize("status", [429, 502])
