@@ -156,8 +156,8 @@ class RetryConfig(_Strict):
     max_retry_after: float = Field(
         30.0,
         ge=0,
-        description="a 429's Retry-After up to this is waited for; a longer one is not (other "
-        "deployments and fallbacks are tried, else the client gets the 429)",
+        description="a Retry-After up to this (of a 429, a 529 or a 503) is waited for; a longer one is "
+        "not (other deployments and fallbacks are tried, else the client gets the error and its Retry-After)",
     )
 
 
@@ -489,7 +489,9 @@ class HealthConfig(_Strict):
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
     active: ActiveCheckConfig = Field(default_factory=ActiveCheckConfig)
     max_retry_after: float = Field(
-        300.0, gt=0, description="longest cool-down a 429's Retry-After can impose on a deployment"
+        300.0,
+        gt=0,
+        description="longest cool-down a Retry-After (of a 429, a 529 or a 503) can impose on a deployment",
     )
 
 

@@ -116,6 +116,8 @@ class Behaviour:
     stream_error_after: int = 3
     #: With ``status``: append the request's headers (the key included) to the error message.
     echo_headers: bool = False
+    #: With ``status``: answer the error to this many requests only, then normally (0: to every one).
+    faults_for: int = 0
     #: Cut the ``data:`` of the stream event at this index in the middle (not valid JSON), then go on
     #: with the rest; with ``die_after`` one past it, the stream ends mid-event.
     broken_event: int | None = None
@@ -541,12 +543,15 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
         #: Streams the fake sent to the end (``message_stop`` included).
         self.completed_streams = 0
         self._replies: deque[Reply] = deque()
+        self._faulted = 0
 
     # --- control -------------------------------------------------------------------------------------
 
     def behave(self, **changes: Any) -> Behaviour:
         """Replace the behaviour: defaults plus ``changes``."""
-        self.behaviour = Behaviour(**changes)
+        with self._lock:
+            self.behaviour = Behaviour(**changes)
+            self._faulted = 0
         return self.behaviour
 
     def enqueue(self, *replies: Reply) -> None:
@@ -562,6 +567,7 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
             self.aborted.clear()
             self._replies.clear()
             self.completed_streams = 0
+            self._faulted = 0
 
     # --- request handling ----------------------------------------------------------------------------
 
@@ -608,6 +614,11 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
                     return self._error(
                         400, "invalid_request_error", f"anthropic-version: invalid version {version!r}"
                     )
+                if behaviour.status is not None and behaviour.faults_for:
+                    with self._lock:
+                        self._faulted += 1
+                        if self._faulted > behaviour.faults_for:
+                            behaviour = Behaviour()
                 if behaviour.status is not None:
                     message = behaviour.message
                     if behaviour.echo_headers:
