@@ -1,7 +1,7 @@
 """Broken upstream streams are errors in every dialect, with the official SDKs as clients.
 
-Each upstream (OpenAI on the same-dialect fast path, Anthropic natively and by translation, Gemini by
-translation) sends a stream with one event cut in the middle, or ends the connection in the middle of
+Each upstream (OpenAI and Azure OpenAI on the same-dialect fast path, Anthropic natively and by
+translation, Gemini by translation) sends a stream with one event cut in the middle, or ends the connection in the middle of
 an event. Whatever the client's dialect, its SDK must raise an API error (not a parse crash, not a
 silent success) after the events that came before; the usage record says 502 with the error, and the
 deployment's health counts a failure.
@@ -24,21 +24,22 @@ from gateway_core.store.migrate import upgrade
 from gateway_core.testing import GatewayServer
 from tests.fakes import FakeOpenAI
 from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.azure_upstream import FakeAzureOpenAI
 from tests.fakes.gemini_upstream import FakeGemini
 from tests.one_call import one_call
 
 CLAUDE = "claude-sonnet-4-5"
 
-#: Model name at the gateway → the upstream fake serving it.
-UPSTREAMS = ("gpt-4o-mini", "claude", "gemini")
+#: Model names at the gateway, each served by its own upstream fake.
+UPSTREAMS = ("gpt-4o-mini", "azure", "claude", "gemini")
 #: The index of the event each fake sends broken: some events of the answer reach the client first.
-BROKEN_AT = {"gpt-4o-mini": 2, "claude": 3, "gemini": 1}
+BROKEN_AT = {"gpt-4o-mini": 2, "azure": 3, "claude": 3, "gemini": 1}
 
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[dict[str, Any]]:
-    with FakeOpenAI() as gpt, FakeAnthropic() as claude, FakeGemini() as gemini:
-        yield {"gpt-4o-mini": gpt, "claude": claude, "gemini": gemini}
+    with FakeOpenAI() as gpt, FakeAzureOpenAI() as azure, FakeAnthropic() as claude, FakeGemini() as gemini:
+        yield {"gpt-4o-mini": gpt, "azure": azure, "claude": claude, "gemini": gemini}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(fakes: dict[str, Any], database: Path) -> Iterator[GatewayServer]:
-    gpt, claude, gemini = fakes["gpt-4o-mini"], fakes["claude"], fakes["gemini"]
+    gpt, azure, claude, gemini = fakes["gpt-4o-mini"], fakes["azure"], fakes["claude"], fakes["gemini"]
 
     def deployment(**entry: Any) -> dict[str, Any]:
         return {"deployments": [entry]}
@@ -60,6 +61,13 @@ def gateway(fakes: dict[str, Any], database: Path) -> Iterator[GatewayServer]:
         "usage": {"flush_seconds": 0.05},
         "models": {
             "gpt-4o-mini": deployment(provider="openai", base_url=gpt.base_url, api_key=gpt.api_key),
+            "azure": deployment(
+                provider="azure_openai",
+                base_url=azure.url,
+                api_key=azure.api_key,
+                model="chat-4o",
+                options={"api_version": "2024-10-21"},
+            ),
             "claude": deployment(
                 provider="anthropic", base_url=claude.url, api_key=claude.api_key, model=CLAUDE
             ),
@@ -82,9 +90,12 @@ def upstreams(fakes: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def break_stream(fake: Any, model: str, *, truncated: bool) -> None:
-    """Cut one event of ``fake``'s next streams; ``truncated``: and end the body right after it."""
+    """Cut one event of ``fake``'s next streams; ``truncated``: and end the body right after it
+    (the Azure fake can only reset the connection, which ends mid-event too)."""
     index = BROKEN_AT[model]
-    if truncated:
+    if truncated and model == "azure":
+        fake.behave(chunks=4, broken_event=index, die_after=index + 1)
+    elif truncated:
         fake.behave(chunks=4, broken_event=index, die_after=index + 1, abrupt=False)
     else:
         fake.behave(chunks=4, broken_event=index)
