@@ -184,3 +184,18 @@ def test_an_openai_upstream_error_reaches_anthropic_clients_scrubbed(
     body: Any = caught.value.body
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith(MESSAGE)
+
+
+def test_an_error_event_quoting_the_key_mid_stream_reaches_anthropic_clients_scrubbed(
+    anthropic_client: anthropic.Anthropic, claude: FakeAnthropic
+) -> None:
+    claude.behave(stream_error="api_error", stream_error_message=f"Internal error for key {claude.api_key}")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        for _event in anthropic_client.messages.create(
+            model="claude", max_tokens=10, messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+
+    body: Any = caught.value.body
+    assert claude.api_key not in str(body) and MARKER in str(body)
+    assert body["error"]["type"] == "api_error"

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway_core.errors import GatewayError
+from gateway_core.redaction import Redactor
 from gateway_core.sse import DONE, PassthroughStream, error_event, sse_event
 
 
@@ -144,6 +145,21 @@ async def test_upstream_error_event_is_rebuilt_once_and_ends_the_stream() -> Non
         "error": {"message": "overloaded", "type": "server_error", "param": None, "code": "upstream_error"}
     }
     assert stream.error is not None and stream.error.status == 502
+
+
+async def test_an_upstream_error_event_is_scrubbed_of_the_deployments_secrets() -> None:
+    key = "sk-upstream-key-5f1e9d3c"
+    event = sse_event(orjson.dumps({"error": {"message": f"bad key {key}", "type": "auth", "code": key}}))
+    stream = PassthroughStream(
+        FakeResponse([chunk("a") + event]),  # type: ignore[arg-type]
+        provider="up",
+        forward_usage_chunk=True,
+        redact=Redactor([key]),
+    )
+    out = b"".join([part async for part in stream])
+    assert key.encode() not in out
+    error = orjson.loads(decode_events(out)[-1].removeprefix(b"data: "))["error"]
+    assert error == {"message": "bad key [redacted]", "type": "auth", "param": None, "code": "[redacted]"}
 
 
 @pytest.mark.parametrize("status", [429, 502])
