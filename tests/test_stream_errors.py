@@ -180,3 +180,20 @@ def test_an_unbroken_stream_is_still_a_success(
         chunks = list(raw.parse())
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert record_of(database, raw.headers["x-request-id"]) == (200, None)
+
+
+def test_a_stream_broken_at_its_first_event_is_answered_502_before_anything_is_sent(
+    gateway: GatewayServer, upstreams: dict[str, Any], database: Path
+) -> None:
+    upstreams["gpt-4o-mini"].behave(broken_event=0)
+    with (
+        openai.OpenAI(base_url=gateway.base_url, api_key=gateway.api_key, max_retries=0) as client,
+        pytest.raises(openai.InternalServerError) as caught,
+    ):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_malformed_event"
+    assert record_of(database, caught.value.response.headers["x-request-id"]) == (502, "server_error")

@@ -10,7 +10,7 @@ import pytest
 
 from gateway_core.errors import GatewayError
 from gateway_core.redaction import Redactor
-from gateway_core.sse import DONE, PassthroughStream, error_event, sse_event
+from gateway_core.sse import DONE, ChunkStream, PassthroughStream, error_event, sse_event
 
 
 class FakeContent:
@@ -169,3 +169,17 @@ def test_error_event_is_openai_shaped(status: int) -> None:
     assert orjson.loads(event[6:]) == {
         "error": {"message": "nope", "type": "server_error", "param": None, "code": "x"}
     }
+
+
+async def test_an_event_of_a_shape_the_decoder_does_not_know_ends_a_translated_stream_with_an_error() -> None:
+    async def decoded() -> AsyncIterator[dict[str, object]]:
+        yield {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": []}
+        delta: object = "not an object"
+        yield {"delta": delta.get("text")}  # type: ignore[attr-defined]  # what a decoder meets
+
+    stream = ChunkStream(decoded(), provider="up", include_usage=False)
+    events = decode_events(b"".join([part async for part in stream]))
+    assert len(events) == 2
+    error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_malformed_event"
+    assert stream.error is not None and stream.error.status == 502
