@@ -106,6 +106,22 @@ class SSEFramer:
         return rest
 
 
+def checked_events(
+    events: list[bytes], tap: Callable[[bytes], bytes | None]
+) -> tuple[bytes, GatewayError | None]:
+    """The events ``tap`` keeps (it returns the event to forward, or None), framed, up to the first
+    one it refuses with the client's error; and that error."""
+    out: list[bytes] = []
+    for event in events:
+        try:
+            kept = tap(event)
+        except GatewayError as error:
+            return b"".join(out), error
+        if kept is not None:
+            out.append(kept + b"\n\n")
+    return b"".join(out), None
+
+
 class PassthroughStream(ChatStream):
     """Forwards an OpenAI-compatible upstream stream event by event.
 
@@ -141,18 +157,9 @@ class PassthroughStream(ChatStream):
         try:
             try:
                 async for chunk in self.response.content.iter_any():
-                    out = []
-                    failed: GatewayError | None = None
-                    for event in framer.feed(chunk):
-                        try:
-                            kept = self._tap(event)
-                        except GatewayError as error:
-                            failed = error
-                            break
-                        if kept is not None:
-                            out.append(kept + b"\n\n")
+                    out, failed = checked_events(framer.feed(chunk), self._tap)
                     if out:  # the events before a failing one are the client's
-                        yield b"".join(out)
+                        yield out
                     if failed is not None:
                         raise failed
                 rest = framer.rest()

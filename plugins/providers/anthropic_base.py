@@ -31,6 +31,7 @@ from gateway_core.sse import (
     ChunkStream,
     SSEFramer,
     SSEParser,
+    checked_events,
     ended_early,
     event_object,
     transport_error,
@@ -125,23 +126,14 @@ class AnthropicPassthroughStream(ChatStream):
         try:
             try:
                 async for raw in self.response.content.iter_any():
-                    out = []
-                    failed: GatewayError | None = None
-                    for event in framer.feed(raw):
-                        try:
-                            self._tap(event)
-                        except GatewayError as error:
-                            failed = error
-                            break
-                        out.append(event + b"\n\n")
+                    out, failed = checked_events(framer.feed(raw), self._tap)
                     if out:  # the events before a failing one are the client's
-                        yield b"".join(out)
+                        yield out
                     if failed is not None:
                         raise failed
                 rest = framer.rest()
                 if rest:
-                    self._tap(rest)
-                    yield rest + b"\n\n"
+                    yield self._tap(rest) + b"\n\n"
                 if not self._complete:
                     raise ended_early(self.provider)
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -152,12 +144,12 @@ class AnthropicPassthroughStream(ChatStream):
         finally:
             self.close()
 
-    def _tap(self, event: bytes) -> None:
-        """Check one event and read its usage; raise the client's error for a malformed one or an
-        upstream ``error`` event."""
+    def _tap(self, event: bytes) -> bytes:
+        """Check one event and read its usage; return it, or raise the client's error for a
+        malformed one or an upstream ``error`` event."""
         name, data = _fields(event)
         if data is None:  # a comment
-            return
+            return event
         payload = event_object(data, self.provider)
         if name == b"message_start":
             message = payload.get("message")
@@ -168,6 +160,7 @@ class AnthropicPassthroughStream(ChatStream):
             self._complete = True
         elif name == b"error":
             raise self.redact.error(dialect.decode_stream_error(payload, provider=self.provider))
+        return event
 
     def _add_usage(self, usage: Any) -> None:
         if isinstance(usage, dict) and usage:
