@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from gateway_core.errors import GatewayError, upstream_error
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
-from gateway_core.resilience import HEALTH_FAILURES, Failure, GroupPolicy, classify, retry_after_seconds
+from gateway_core.resilience import HEALTH_FAILURES, Failure, GroupPolicy, classify, retry_hint
 from gateway_core.routing import Deployment, ModelGroup
 from gateway_core.types import RequestContext, Usage
 
@@ -32,6 +32,8 @@ Answer = CompletedResponse | ChatStream
 CallMaker = Callable[[Deployment], ProviderCall]
 
 _rng = random.Random()  # noqa: S311 - jitter, not secrets
+#: Seconds waited past an upstream's retry hint before the deployment is called again.
+HINT_MARGIN = 0.01
 
 
 class PrimedStream(ChatStream):
@@ -151,7 +153,7 @@ def no_deployment_error(ctx: RequestContext, group: ModelGroup, limited_for: flo
     if rate_limited:
         return GatewayError(
             429,
-            f"Every deployment of the model `{group.name}` is rate limited now; retry later.",
+            f"Every deployment of the model `{group.name}` is rate limited or overloaded now; retry later.",
             type="rate_limit_error",
             code="rate_limit_exceeded",
             headers=retry,
@@ -301,7 +303,8 @@ class Attempts:
                 if hint is not None:
                     if hint > retry.max_retry_after:
                         break
-                    wait = max(wait, hint)
+                    # The deployment's cooldown began when the hint came: a hair more and it is over.
+                    wait = max(wait, hint + HINT_MARGIN)
                 elif not self.usable(group, banned or None)[0]:
                     break  # nothing will be usable after a back-off (breakers open, limits hit)
                 remaining = self.remaining()
@@ -327,7 +330,7 @@ class Attempts:
             if failure in (Failure.AUTH, Failure.LIMITED):
                 banned.add(id(deployment))
             tried.add(id(deployment))
-            hint = retry_after_seconds(error) if failure is Failure.RATE_LIMITED else None
+            hint = retry_hint(error, failure)
         assert error is not None
         return None, error, failure
 
@@ -359,8 +362,7 @@ class Attempts:
         except GatewayError as exc:
             failure = classify(exc)
             if failure in HEALTH_FAILURES:
-                retry_after = retry_after_seconds(exc) if failure is Failure.RATE_LIMITED else None
-                health.failure(deployment, str(failure), retry_after)
+                health.failure(deployment, str(failure), retry_hint(exc, failure))
             if failure is not None:
                 log.info(
                     "request %s: deployment %s failed (%s, %s); attempt %d",

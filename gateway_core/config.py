@@ -156,8 +156,8 @@ class RetryConfig(_Strict):
     max_retry_after: float = Field(
         30.0,
         ge=0,
-        description="a 429's Retry-After up to this is waited for; a longer one is not (other "
-        "deployments and fallbacks are tried, else the client gets the 429)",
+        description="a Retry-After up to this (of a 429, a 529 or a 503) is waited for; a longer one is "
+        "not (other deployments and fallbacks are tried, else the client gets the error and its Retry-After)",
     )
 
 
@@ -499,7 +499,9 @@ class HealthConfig(_Strict):
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
     active: ActiveCheckConfig = Field(default_factory=ActiveCheckConfig)
     max_retry_after: float = Field(
-        300.0, gt=0, description="longest cool-down a 429's Retry-After can impose on a deployment"
+        300.0,
+        gt=0,
+        description="longest cool-down a Retry-After (of a 429, a 529 or a 503) can impose on a deployment",
     )
 
 
@@ -527,6 +529,7 @@ class GatewayConfig(_Strict):
 
     _source: str = PrivateAttr("<config>")
     _base_dir: Path | None = PrivateAttr(None)
+    _resolved_secrets: frozenset[str] = PrivateAttr(frozenset())
 
     @model_validator(mode="before")
     @classmethod
@@ -564,6 +567,12 @@ class GatewayConfig(_Strict):
         return self._source
 
     @property
+    def resolved_secrets(self) -> frozenset[str]:
+        """The values references took from the environment and from files: kept out of what clients
+        read (see :mod:`gateway_core.redaction`)."""
+        return self._resolved_secrets
+
+    @property
     def base_dir(self) -> Path:
         """The folder relative paths resolve against: the config file's, else the working directory."""
         return self._base_dir or Path.cwd()
@@ -595,7 +604,9 @@ class _Unset:
         self.variable = variable
 
 
-def _resolve_string(value: str, base: Path) -> str | _Unset:
+def _resolve_string(value: str, base: Path, found: set[str] | None = None) -> str | _Unset:
+    """``value`` with its references resolved; the values taken from files and the environment are
+    added to ``found`` (they are treated as secrets)."""
     unset: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
@@ -606,12 +617,17 @@ def _resolve_string(value: str, base: Path) -> str | _Unset:
             path = Path(os.path.expanduser(ref[5:].strip()))
             path = path if path.is_absolute() else base / path
             try:
-                return path.read_text(encoding="utf-8").rstrip("\r\n")
+                content = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+            if found is not None:
+                found.add(content)
+            return content
         name, sep, default = ref.partition(":-")
         value = os.environ.get(name)
         if value:
+            if found is not None:
+                found.add(value)
             return value
         if sep:
             return default
@@ -623,13 +639,17 @@ def _resolve_string(value: str, base: Path) -> str | _Unset:
 
 
 def _resolve(
-    node: Any, base: Path, path: tuple[str | int, ...], unset: dict[tuple[str | int, ...], str]
+    node: Any,
+    base: Path,
+    path: tuple[str | int, ...],
+    unset: dict[tuple[str | int, ...], str],
+    found: set[str] | None = None,
 ) -> Any:
     if isinstance(node, str):
         if "${" not in node:
             return node
         try:
-            value = _resolve_string(node, base)
+            value = _resolve_string(node, base, found)
         except ConfigError as exc:
             raise ConfigError(f"{_dotted(path)}: {exc}") from None
         if isinstance(value, _Unset):
@@ -637,9 +657,9 @@ def _resolve(
             return ""
         return value
     if isinstance(node, dict):
-        return {key: _resolve(value, base, (*path, str(key)), unset) for key, value in node.items()}
+        return {key: _resolve(value, base, (*path, str(key)), unset, found) for key, value in node.items()}
     if isinstance(node, list):
-        return [_resolve(value, base, (*path, index), unset) for index, value in enumerate(node)]
+        return [_resolve(value, base, (*path, index), unset, found) for index, value in enumerate(node)]
     return node
 
 
@@ -713,8 +733,9 @@ def parse_config(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping")
     unset: dict[tuple[str | int, ...], str] = {}
+    found: set[str] = set()
     try:
-        resolved = _resolve(dict(data), base or Path.cwd(), (), unset)
+        resolved = _resolve(dict(data), base or Path.cwd(), (), unset, found)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     _drop_unset_optional_deployments(resolved, unset)
@@ -729,6 +750,7 @@ def parse_config(
         raise ConfigError(format_validation_error(source, exc)) from None
     config._source = source
     config._base_dir = base or Path.cwd()
+    config._resolved_secrets = frozenset(found)
     return config
 
 

@@ -71,7 +71,7 @@ class Gateway:
         self.plugins.fill("lockgate_register_balancers", self.balancers)
         self.plugins.fill("lockgate_register_dlp_filters", self.dlp_filters)
         self.plugins.register_all("lockgate_register_routes", self.extra_routes.append)
-        self.http = HttpClient(config.http)
+        self.http = HttpClient(config.http, secrets=config.resolved_secrets)
         #: Model groups by name and by alias: the configuration's, plus the database's once started.
         #: Replaced whole (never changed in place) when deployments are reloaded.
         self.models: dict[str, ModelGroup] = build_model_groups(

@@ -8,7 +8,7 @@ Those methods are synchronous and cheap: they never wait on anything.
 
 A deployment's breaker is *closed* (serving), *open* (refused until its cooldown ends), then
 *half-open* (a few probe requests go through: a success closes it, a failure opens it again for a
-longer cooldown). A 429 with a retry hint *cools down* the deployment for that long without opening
+longer cooldown). A 429 (or an overloaded upstream's 529/503) with a retry hint *cools down* the deployment for that long without opening
 its breaker. Failure counts and latencies are kept per worker; with Redis, state changes (opened,
 half-open, closed, cooled down) are written to a hash per deployment and broadcast on
 ``lockgate:health``, so every replica refuses the same deployments. Redis calls run in background
@@ -32,7 +32,7 @@ import aiohttp
 
 from gateway_core.errors import GatewayError
 from gateway_core.events import HEALTH_CHANNEL
-from gateway_core.resilience import HEALTH_FAILURES, Failure, classify, retry_after_seconds
+from gateway_core.resilience import HEALTH_FAILURES, classify, retry_hint
 
 if TYPE_CHECKING:
     from gateway_core.config import HealthConfig
@@ -113,8 +113,7 @@ def upstream_failure(error: BaseException) -> tuple[FailureKind, float | None] |
         failure = classify(error)
         if failure is None or failure not in HEALTH_FAILURES:
             return None
-        retry_after = retry_after_seconds(error) if failure is Failure.RATE_LIMITED else None
-        return cast(FailureKind, failure.value), retry_after
+        return cast(FailureKind, failure.value), retry_hint(error, failure)
     if isinstance(error, TimeoutError):
         return "timeout", None
     if isinstance(error, OSError | aiohttp.ClientError):
@@ -313,7 +312,8 @@ class HealthTracker:
     def failure(self, deployment: Deployment, kind: str, retry_after: float | None = None) -> None:
         """The attempt on ``deployment`` failed for an upstream reason (``kind``: see :data:`FAILURE_KINDS`).
 
-        A 429 with ``retry_after`` cools the deployment down for that long (up to
+        A ``retry_after`` (the hint of a 429 or of an overloaded upstream, see
+        :func:`~gateway_core.resilience.retry_hint`) cools the deployment down for that long (up to
         ``health.max_retry_after``). Client mistakes (400s) are never reported.
         """
         if kind not in FAILURE_KINDS:
@@ -325,7 +325,7 @@ class HealthTracker:
         state.window.add(now, True)
         state.consecutive += 1
         state.last_error = kind
-        if kind == "rate_limited" and retry_after is not None and retry_after > 0:
+        if retry_after is not None and retry_after > 0:
             self._cool(state, now, retry_after)
         if state.breaker == HALF_OPEN:
             self._open(state, now, f"a probe request failed ({kind})")
@@ -522,7 +522,9 @@ class HealthTracker:
         state.cool_until = until
         state.cool_since = self._wall()
         self._unavailable.add(state.id)
-        log.info("deployment %s: rate limited upstream, cooling down for %.3g s", state.id, until - now)
+        log.info(
+            "deployment %s: upstream asked to retry later, cooling down for %.3g s", state.id, until - now
+        )
         self._share(state)
 
     def _is_outlier(self, state: DeploymentState, now: float, requests: int, failures: int) -> bool:

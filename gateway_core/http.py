@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -25,11 +26,13 @@ class HttpClient:
     Created when the worker starts (it needs the running event loop) and closed at shutdown.
     """
 
-    def __init__(self, config: HttpConfig | None = None) -> None:
+    def __init__(self, config: HttpConfig | None = None, *, secrets: Iterable[str] = ()) -> None:
         self.config = config or HttpConfig()
         self._session: aiohttp.ClientSession | None = None
         #: Per-worker objects providers share across deployments, e.g. OAuth token caches per account.
         self.shared: dict[str, Any] = {}
+        #: Secrets of the configuration every deployment keeps out of its error messages.
+        self.secrets = frozenset(secrets)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -76,8 +79,10 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
     """Turn an upstream error answer into the error the client gets.
 
     Errors caused by the client's request (400, 413, 422) keep their status and the upstream's
-    message; a 429 keeps its retry hint; credential and server problems of the upstream become 502
-    (the client cannot fix them), upstream timeouts 504.
+    message; a 429 keeps its retry hint, and so does an overloaded upstream (503 or 529 with
+    ``retry-after``), answered 503; credential and server problems of the upstream become 502 (the
+    client cannot fix them), upstream timeouts 504. Only the message, type, code and param of the
+    upstream's error are kept (the provider scrubs its secrets from them).
     """
     payload = error_payload_from(body) or {}
     upstream_message = str(payload.get("message") or "").strip()
@@ -90,9 +95,10 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
             code=_str_or_none(payload.get("code")),
             param=_str_or_none(payload.get("param")),
         )
-    if status == 429:
-        if "retry-after" not in retry and "retry-after-ms" in retry:
+    if "retry-after" not in retry and "retry-after-ms" in retry:
+        with contextlib.suppress(ValueError):
             retry["retry-after"] = str(max(1, round(float(retry["retry-after-ms"]) / 1000)))
+    if status == 429:
         return GatewayError(
             429,
             upstream_message or "The upstream provider is rate limiting requests; retry later.",
@@ -111,6 +117,15 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
             f"The upstream provider {provider!r} timed out.", status=504, code="upstream_timeout"
         )
     detail = f": {upstream_message}" if upstream_message else ""
+    if status in (503, 529) and retry:
+        # Overloaded, with a hint of when to come back: honoured like a 429's, and passed on.
+        overloaded = upstream_error(
+            f"The upstream provider {provider!r} is overloaded; retry later{detail}",
+            status=503,
+            code="upstream_overloaded",
+        )
+        overloaded.headers.update(retry)
+        return overloaded
     return upstream_error(f"The upstream provider {provider!r} failed with status {status}{detail}")
 
 

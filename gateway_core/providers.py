@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from gateway_core.credentials import Credential, CredentialPool
 from gateway_core.errors import ConfigError, GatewayError
 from gateway_core.http import ErrorDecoder, client_timeout, error_from_upstream, post
-from gateway_core.proxies import proxies_of
+from gateway_core.proxies import ProxyPool, proxies_of
+from gateway_core.redaction import Redactor, header_secrets, url_secrets
 from gateway_core.types import Dialect, RequestContext, Usage
 
 if TYPE_CHECKING:
@@ -98,6 +99,27 @@ class ChatStream:
                     yield chunk
 
 
+def deployment_redactor(
+    deployment: DeploymentConfig,
+    proxies: ProxyPool | None,
+    config_secrets: Iterable[str],
+    api_key_env: str | None,
+) -> Redactor:
+    """What a deployment keeps out of its error messages: the configuration's secrets, its keys and
+    credentials (the environment's fallback key included), its extra header values and its proxies'
+    credentials."""
+    values: list[str | None] = [*config_secrets]
+    if deployment.api_key is not None:
+        values.append(deployment.api_key.get_secret_value())
+    values += [item.api_key.get_secret_value() for item in deployment.credentials if item.api_key]
+    if api_key_env:
+        values.append(os.environ.get(api_key_env))
+    values += header_secrets(deployment.headers.values())
+    for url in proxies.urls if proxies is not None else ():
+        values += url_secrets(url)
+    return Redactor(values)
+
+
 class Provider:
     """Base class of provider plugins.
 
@@ -126,6 +148,9 @@ class Provider:
         self.credentials = CredentialPool(self, deployment)
         #: The deployment's outbound proxies (None: direct connections).
         self.proxies = proxies_of(deployment, http)
+        #: Scrubs this deployment's secrets from the upstream's error messages (see
+        #: :mod:`gateway_core.redaction`).
+        self.redact = deployment_redactor(deployment, self.proxies, http.secrets, self.api_key_env)
 
     def prepare_credential(self, credential: Credential) -> Any:
         """What calls with ``credential`` need, built once at start-up (a header dict, a token source).
@@ -169,6 +194,9 @@ class Provider:
                     decode_error=decode_error,
                 )
             except GatewayError as error:
+                if error.upstream_status is not None:  # built from the upstream's answer
+                    self.redact.including(headers).error(error)
+                    raise
                 # Through a proxy, only connecting to the proxy fails this way: nothing was sent.
                 if proxies is None or proxy is None or error.code != "upstream_unreachable":
                     raise

@@ -4,7 +4,8 @@ The pipeline makes up to ``retry.attempts`` calls per model group. After a failu
 switches at once to another usable deployment of the group (one it has not tried, whose breaker is
 closed and that is not rate limited); only when none is left does it call a deployment again, after
 an exponential back-off with jitter, or after the upstream's ``Retry-After``/``retry-after-ms`` when
-that is longer (and not over ``retry.max_retry_after``). When the group is exhausted, the fallback
+that is longer (and not over ``retry.max_retry_after``): the hint of a 429, and of an overloaded
+upstream (Anthropic's 529 ``overloaded_error``, a 503 with ``Retry-After``). When the group is exhausted, the fallback
 groups are tried in order, each with its own attempts; a prompt too long for the model goes to the
 ``context_window_fallbacks`` instead. The deadline bounds all of it, waits included; a stream is
 never retried once its first event reached the client.
@@ -91,6 +92,21 @@ def _is_context_window(error: GatewayError) -> bool:
         return True
     message = error.message.lower()
     return any(phrase in message for phrase in _CONTEXT_PHRASES)
+
+
+#: Upstream statuses of an overloaded upstream (Anthropic answers 529), whose retry hint is honoured.
+OVERLOADED_STATUSES = frozenset({503, 529})
+
+
+def retry_hint(error: GatewayError, failure: Failure | None) -> float | None:
+    """The retry hint the gateway honours for a failed call, in seconds: a 429's, and an overloaded
+    upstream's (a 529 or a 503 with ``Retry-After``). The deployment cools down for that long, and
+    a retry waits at least that long; None when there is none or the failure is of another kind."""
+    if failure is Failure.RATE_LIMITED or (
+        failure is Failure.SERVER_ERROR and error.upstream_status in OVERLOADED_STATUSES
+    ):
+        return retry_after_seconds(error)
+    return None
 
 
 def retry_after_seconds(error: GatewayError) -> float | None:

@@ -735,7 +735,9 @@ def test_an_error_event_in_a_native_stream_reaches_the_sdk(
         for _text in stream.text_stream:
             pass
 
-    assert "Overloaded" in str(caught.value)
+    # Rebuilt, not forwarded: the type stays the upstream's, the message is the gateway's own.
+    assert "overloaded" in str(caught.value)
+    assert "type: overloaded_error" in str(caught.value)
 
 
 def test_a_translated_stream_cut_mid_way_ends_with_an_error_event(

@@ -66,6 +66,7 @@ __all__ = [
     "decode_chat_response",
     "decode_error",
     "decode_messages_request",
+    "decode_stream_error",
     "encode_chat_request",
     "encode_error",
     "encode_messages_response",
@@ -730,10 +731,7 @@ class StreamDecoder:
             out.append(chunk)
             return out
         if kind == "error":
-            error = data.get("error") or {}
-            error_type = str(error.get("type") or "api_error")
-            status = _STATUS_OF_ERROR_TYPE.get(error_type, 500)
-            raise decode_error(status, orjson.dumps({"type": "error", "error": error}))
+            raise decode_stream_error(data)
         return []  # ping and event types added later
 
     def _merge_usage(self, usage: Any) -> None:
@@ -780,6 +778,15 @@ class StreamDecoder:
                 self._tool_has_arguments[index] = True
                 return [self._tool_delta(self._tool_index[index], function={"arguments": partial})]
         return []  # signature_delta, citations_delta
+
+
+def decode_stream_error(data: Mapping[str, Any], *, provider: str = "anthropic") -> GatewayError:
+    """The client's error for an ``error`` event inside a 200 stream, read as the answer of the status
+    Anthropic uses for its type."""
+    error = data.get("error")
+    error = error if isinstance(error, dict) else {}
+    status = _STATUS_OF_ERROR_TYPE.get(str(error.get("type") or "api_error"), 500)
+    return decode_error(status, orjson.dumps({"type": "error", "error": error}), provider=provider)
 
 
 def decode_error(

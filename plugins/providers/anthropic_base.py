@@ -25,9 +25,17 @@ from gateway_core import (
 )
 from gateway_core.credentials import Credential
 from gateway_core.dialects import anthropic as dialect
-from gateway_core.errors import upstream_error
 from gateway_core.http import ErrorDecoder, forwarded_headers, read_json
-from gateway_core.sse import ChunkStream, SSEParser, transport_error
+from gateway_core.redaction import Redactor
+from gateway_core.sse import (
+    ChunkStream,
+    SSEFramer,
+    SSEParser,
+    checked_events,
+    ended_early,
+    event_object,
+    transport_error,
+)
 
 DEFAULT_VERSION = "2023-06-01"
 #: Messages fields the count-tokens endpoint does not take.
@@ -59,21 +67,25 @@ def _decode_error(status: int, body: bytes, headers: Mapping[str, str], provider
 async def translate_stream(
     response: aiohttp.ClientResponse, decoder: Any, provider: str
 ) -> AsyncIterator[dict[str, Any]]:
-    """Anthropic SSE events in, canonical chunks out; a stream without ``message_stop`` is an error."""
+    """Anthropic SSE events in, canonical chunks out.
+
+    An event whose data is not a JSON object (one cut short by the end of the stream included) is a
+    malformed event, and a stream that ends without ``message_stop`` ended early: both errors.
+    """
     parser = SSEParser()
     finished = False
     async for raw in response.content.iter_any():
         for event, data in parser.feed(raw):
             if event == "message_stop":
                 finished = True
-            for chunk in decoder.feed(event, orjson.loads(data)):
+            for chunk in decoder.feed(event, event_object(data, provider)):
                 yield chunk
     for event, data in parser.flush():
         finished = finished or event == "message_stop"
-        for chunk in decoder.feed(event, orjson.loads(data)):
+        for chunk in decoder.feed(event, event_object(data, provider)):
             yield chunk
     if not finished:
-        raise upstream_error(f"The upstream provider {provider!r} ended the stream early.")
+        raise ended_early(provider)
 
 
 def usage_from_anthropic(usage: Any) -> Usage | None:
@@ -85,55 +97,90 @@ def error_frame(error: GatewayError) -> bytes:
 
 
 class AnthropicPassthroughStream(ChatStream):
-    """Forwards an Anthropic stream to an Anthropic client byte for byte, reading only its usage.
+    """Forwards an Anthropic stream to an Anthropic client event by event, reading only its usage.
 
-    A stream that ends without ``message_stop``, resets or times out ends with an Anthropic ``error``
-    event instead of a silent truncation.
+    Each event's bytes are passed on untouched once its data parsed as a JSON object. An upstream
+    ``error`` event is rebuilt from its type and message (secrets scrubbed). A malformed event, a
+    stream that ends without ``message_stop`` or mid-event, resets or times out ends with an
+    Anthropic ``error`` event instead of a silent truncation or a stream the client cannot parse.
     """
 
     dialect = "anthropic"
 
-    def __init__(self, response: aiohttp.ClientResponse, provider: str, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        provider: str,
+        headers: Mapping[str, str],
+        redact: Redactor | None = None,
+    ) -> None:
         self.response = response
         self.provider = provider
         self.headers = dict(headers)
-        self._parser = SSEParser()
+        self.redact = redact or Redactor()
         self._usage: dict[str, Any] = {}
         self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        framer = SSEFramer()
         try:
-            async for raw in self.response.content.iter_any():
-                self._tap(self._parser.feed(raw))
-                yield raw
-            self._tap(self._parser.flush())
-            if not self._complete and self.error is None:
-                self.error = upstream_error(
-                    f"The upstream provider {self.provider!r} ended the stream early."
-                )
-                yield error_frame(self.error)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            self.error = transport_error(exc, self.provider)
-            yield error_frame(self.error)
+            try:
+                async for raw in self.response.content.iter_any():
+                    out, failed = checked_events(framer.feed(raw), self._tap)
+                    if out:  # the events before a failing one are the client's
+                        yield out
+                    if failed is not None:
+                        raise failed
+                rest = framer.rest()
+                if rest:
+                    yield self._tap(rest) + b"\n\n"
+                if not self._complete:
+                    raise ended_early(self.provider)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise transport_error(exc, self.provider) from None
+        except GatewayError as error:
+            self.error = error
+            yield error_frame(error)
         finally:
             self.close()
 
-    def _tap(self, events: list[tuple[str | None, str]]) -> None:
-        for event, data in events:
-            if event == "message_start":
-                self._usage.update(orjson.loads(data).get("message", {}).get("usage") or {})
-            elif event == "message_delta":
-                self._usage.update(orjson.loads(data).get("usage") or {})
-            elif event == "message_stop":
-                self._complete = True
-            elif event == "error":
-                message = str(orjson.loads(data).get("error", {}).get("message") or "upstream error")
-                self.error = upstream_error(f"The upstream provider {self.provider!r} failed: {message}")
-        if self._usage:
+    def _tap(self, event: bytes) -> bytes:
+        """Check one event and read its usage; return it, or raise the client's error for a
+        malformed one or an upstream ``error`` event."""
+        name, data = _fields(event)
+        if data is None:  # a comment
+            return event
+        payload = event_object(data, self.provider)
+        if name == b"message_start":
+            message = payload.get("message")
+            self._add_usage(message.get("usage") if isinstance(message, dict) else None)
+        elif name == b"message_delta":
+            self._add_usage(payload.get("usage"))
+        elif name == b"message_stop":
+            self._complete = True
+        elif name == b"error":
+            raise self.redact.error(dialect.decode_stream_error(payload, provider=self.provider))
+        return event
+
+    def _add_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict) and usage:
+            self._usage.update(usage)
             self.usage = usage_from_anthropic(self._usage)
 
     def close(self) -> None:
         self.response.release()
+
+
+def _fields(event: bytes) -> tuple[bytes | None, bytes | None]:
+    """The ``event:`` name and the joined ``data:`` lines of one raw event (None when absent)."""
+    name: bytes | None = None
+    data: list[bytes] = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    return name, b"\n".join(data) if data else None
 
 
 class AnthropicMessagesProvider(Provider):
@@ -211,6 +258,7 @@ class AnthropicMessagesProvider(Provider):
             include_usage=wants_usage(call.body),
             on_close=response.release,
             headers=headers,
+            redact=self.redact,
         )
 
     async def _forward(self, call: ProviderCall) -> CompletedResponse | ChatStream:
@@ -218,7 +266,7 @@ class AnthropicMessagesProvider(Provider):
         response = await self._post(call, self.native_payload(call), native=True)
         headers = forwarded_headers(response.headers)
         if call.ctx.stream:
-            return AnthropicPassthroughStream(response, self.name, headers)
+            return AnthropicPassthroughStream(response, self.name, headers, self.redact)
         body, data = await read_json(response, self.name)
         usage = usage_from_anthropic(data.get("usage")) if isinstance(data, dict) else None
         return CompletedResponse(body, usage, headers, dialect="anthropic")

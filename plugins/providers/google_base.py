@@ -26,7 +26,7 @@ from gateway_core import (
 from gateway_core.credentials import Credential
 from gateway_core.dialects import gemini as dialect
 from gateway_core.http import ErrorDecoder, forwarded_headers, read_json
-from gateway_core.sse import ChunkStream, SSEParser
+from gateway_core.sse import ChunkStream, SSEParser, event_object
 
 
 def wants_usage(body: Mapping[str, Any]) -> bool:
@@ -38,18 +38,34 @@ def _decode_error(status: int, body: bytes, headers: Mapping[str, str], provider
     return dialect.decode_error(status, body, headers)
 
 
-async def translate_stream(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[dict[str, Any]]:
-    """Gemini's SSE events (each a partial ``GenerateContentResponse``) in, canonical chunks out."""
+async def translate_stream(
+    response: aiohttp.ClientResponse, decoder: Any, provider: str
+) -> AsyncIterator[dict[str, Any]]:
+    """Gemini's SSE events (each a partial ``GenerateContentResponse``) in, canonical chunks out.
+
+    An event that is not a JSON object (one cut short by the end of the stream included) is a
+    malformed event, an error object mid-stream the upstream's error, and a stream that ends before
+    the answer is complete an error too (:meth:`~gateway_core.dialects.gemini.StreamDecoder.finish`).
+    """
     parser = SSEParser()
     async for raw in response.content.iter_any():
         for _, data in parser.feed(raw):
-            for chunk in decoder.feed(orjson.loads(data)):
+            for chunk in decoder.feed(_event(data, provider)):
                 yield chunk
-    for _, data in parser.flush():
-        for chunk in decoder.feed(orjson.loads(data)):
+    for _, data in parser.flush():  # the stream ended without the event's blank line
+        for chunk in decoder.feed(_event(data, provider)):
             yield chunk
     for chunk in decoder.finish():
         yield chunk
+
+
+def _event(data: str, provider: str) -> dict[str, Any]:
+    payload = event_object(data, provider)
+    if "error" in payload:
+        error = payload["error"]
+        status = error.get("code") if isinstance(error, dict) else None
+        raise dialect.decode_error(status if isinstance(status, int) else 500, orjson.dumps(payload), {})
+    return payload
 
 
 class GoogleGenerativeProvider(Provider):
@@ -90,11 +106,12 @@ class GoogleGenerativeProvider(Provider):
         response = await self._post(call.ctx, model, "streamGenerateContent", payload, "?alt=sse")
         decoder = dialect.StreamDecoder(model=model, response_id=response_id)
         return ChunkStream(
-            translate_stream(response, decoder),
+            translate_stream(response, decoder, self.name),
             provider=self.name,
             include_usage=wants_usage(call.body),
             on_close=response.release,
             headers=forwarded_headers(response.headers),
+            redact=self.redact,
         )
 
     def count_tokens_payload(self, model: str, request: dict[str, Any]) -> dict[str, Any]:

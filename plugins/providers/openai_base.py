@@ -126,6 +126,7 @@ class OpenAIProvider(Provider):
             forward_usage_chunk=forward_usage_chunk,
             drop_empty_choices=self.drop_empty_choices,
             headers=forwarded_headers(response.headers),
+            redact=self.redact,
         )
 
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:

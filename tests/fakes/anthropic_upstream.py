@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_upstream import split_reply
-from tests.fakes.server import BackgroundServer, RecordedRequest
+from tests.fakes.server import BackgroundServer, RecordedRequest, broken_event, echoed_headers
 
 DEFAULT_API_KEY = "sk-ant-fake-upstream-7c2e9b4d1a3f5e60"
 #: ``anthropic-version`` values: the documented 2023-01-01 and 2023-06-01, and the later dated versions
@@ -114,6 +114,13 @@ class Behaviour:
     stream_error: str | None = None
     stream_error_message: str = "Overloaded"
     stream_error_after: int = 3
+    #: With ``status``: append the request's headers (the key included) to the error message.
+    echo_headers: bool = False
+    #: With ``status``: answer the error to this many requests only, then normally (0: to every one).
+    faults_for: int = 0
+    #: Cut the ``data:`` of the stream event at this index in the middle (not valid JSON), then go on
+    #: with the rest; with ``die_after`` one past it, the stream ends mid-event.
+    broken_event: int | None = None
     #: Reported prompt cache reads and writes.
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
@@ -536,12 +543,15 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
         #: Streams the fake sent to the end (``message_stop`` included).
         self.completed_streams = 0
         self._replies: deque[Reply] = deque()
+        self._faulted = 0
 
     # --- control -------------------------------------------------------------------------------------
 
     def behave(self, **changes: Any) -> Behaviour:
         """Replace the behaviour: defaults plus ``changes``."""
-        self.behaviour = Behaviour(**changes)
+        with self._lock:
+            self.behaviour = Behaviour(**changes)
+            self._faulted = 0
         return self.behaviour
 
     def enqueue(self, *replies: Reply) -> None:
@@ -557,6 +567,7 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
             self.aborted.clear()
             self._replies.clear()
             self.completed_streams = 0
+            self._faulted = 0
 
     # --- request handling ----------------------------------------------------------------------------
 
@@ -603,10 +614,16 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
                     return self._error(
                         400, "invalid_request_error", f"anthropic-version: invalid version {version!r}"
                     )
+                if behaviour.status is not None and behaviour.faults_for:
+                    with self._lock:
+                        self._faulted += 1
+                        if self._faulted > behaviour.faults_for:
+                            behaviour = Behaviour()
                 if behaviour.status is not None:
-                    return self._error(
-                        behaviour.status, behaviour.error_type, behaviour.message, behaviour.headers
-                    )
+                    message = behaviour.message
+                    if behaviour.echo_headers:
+                        message = echoed_headers(message, request)
+                    return self._error(behaviour.status, behaviour.error_type, message, behaviour.headers)
                 try:
                     data = orjson.loads(recorded.body)
                 except orjson.JSONDecodeError:
@@ -814,6 +831,8 @@ class FakeAnthropic(BackgroundServer[RecordedRequest]):
                 },
             )
             events = [*events[: behaviour.stream_error_after], failure]
+        if behaviour.broken_event is not None:
+            events[behaviour.broken_event] = broken_event(events[behaviour.broken_event])
         response = web.StreamResponse(headers={**self._headers(), "cache-control": "no-cache"})
         response.content_type = "text/event-stream"
         response.charset = "utf-8"

@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_upstream import CHAT_PARAMETERS, EMBEDDING_PARAMETERS, embedding_for, split_reply
-from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery
+from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery, broken_event
 
 DEFAULT_API_KEY = "0123456789abcdef0123456789abcdef"
 #: Deployment name -> the model it serves.
@@ -83,6 +83,9 @@ class Behaviour:
     chunks: int = 3
     #: Stop the stream after this many events by resetting the connection.
     die_after: int | None = None
+    #: Cut the ``data:`` of the stream event at this index in the middle (not valid JSON), then go on
+    #: with the rest and ``[DONE]``.
+    broken_event: int | None = None
 
 
 def _error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -261,6 +264,8 @@ class FakeAzureOpenAI(BackgroundServer[AzureRequest]):
         if include_usage:
             events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
+        if self.behaviour.broken_event is not None:
+            events[self.behaviour.broken_event] = broken_event(events[self.behaviour.broken_event])
         response = web.StreamResponse(headers=self._headers())
         response.content_type = "text/event-stream"
         response.charset = "utf-8"

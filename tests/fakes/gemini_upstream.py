@@ -44,7 +44,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.openai_upstream import embedding_for, split_reply
-from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery
+from tests.fakes.server import BackgroundServer, RecordedRequestWithQuery, broken_event
 
 DEFAULT_API_KEY = "AIzaSyFakeUpstreamKey-0123456789abcdef"
 
@@ -385,6 +385,9 @@ class Behaviour:
     abrupt: bool = True
     #: Answer 200 with a body that is not valid JSON.
     malformed_json: bool = False
+    #: On ``alt=sse`` streams: cut the ``data:`` of the event at this index in the middle (not valid
+    #: JSON), then go on with the rest; with ``die_after`` one past it, the stream ends mid-event.
+    broken_event: int | None = None
 
 
 @dataclass
@@ -912,6 +915,8 @@ class FakeGemini(BackgroundServer[RecordedRequest]):
         events = self._events(data, model, reply, self.behaviour.chunks)
         if request.query.get("alt") == "sse":
             frames = [b"data: " + orjson.dumps(event) + b"\r\n\r\n" for event in events]
+            if self.behaviour.broken_event is not None:
+                frames[self.behaviour.broken_event] = broken_event(frames[self.behaviour.broken_event])
             return await self._stream(request, frames, "text/event-stream")
         pretty = [orjson.dumps(event, option=orjson.OPT_INDENT_2) for event in events]
         frames = [(b"[" if i == 0 else b"\n,\r\n") + body for i, body in enumerate(pretty)] + [b"]"]

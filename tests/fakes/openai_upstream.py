@@ -27,7 +27,7 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
-from tests.fakes.server import BackgroundServer, RecordedRequest
+from tests.fakes.server import BackgroundServer, RecordedRequest, broken_event, echoed_headers
 
 DEFAULT_API_KEY = "sk-fake-upstream-3f9a1c0e5b7d2468ace0"
 
@@ -75,6 +75,11 @@ class Behaviour:
     abrupt: bool = True
     #: Answer 200 with a body that is not valid JSON.
     malformed_json: bool = False
+    #: With ``status``: append the request's headers (the key included) to the error message.
+    echo_headers: bool = False
+    #: Cut the ``data:`` of the stream event at this index in the middle (not valid JSON), then go on
+    #: with the rest and ``[DONE]``; with ``die_after`` one past it, the stream ends mid-event.
+    broken_event: int | None = None
     #: Accept parameters the real API does not know (as many OpenAI-compatible servers do).
     allow_unknown_parameters: bool = False
     #: Apply the faults above (status, delay, malformed JSON, die_after) to the first this many API
@@ -228,7 +233,9 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                 if behaviour.status is not None:
                     return _error(
                         behaviour.status,
-                        behaviour.message,
+                        echoed_headers(behaviour.message, request)
+                        if behaviour.echo_headers
+                        else behaviour.message,
                         type=behaviour.type,
                         code=behaviour.code,
                         headers=behaviour.headers,
@@ -439,6 +446,8 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
         if usage is not None:
             events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
+        if behaviour.broken_event is not None:
+            events[behaviour.broken_event] = broken_event(events[behaviour.broken_event])
 
         response = web.StreamResponse(headers=self._headers())
         response.content_type = "text/event-stream"

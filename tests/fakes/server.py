@@ -66,6 +66,21 @@ class RecordedRequestWithQuery(RecordedRequest):
 R = TypeVar("R", bound=RecordedRequest)
 
 
+def broken_event(event: bytes) -> bytes:
+    """``event`` with its ``data:`` cut in the middle of the JSON (framing kept): what an upstream
+    sends when its serializer fails or a proxy truncates a chunk. The blank line that ends it stays."""
+    body = event.rstrip(b"\r\n")
+    head, sep, data = body.rpartition(b"data: ")
+    return head + sep + data[: max(1, len(data) // 2)] + event[len(body) :]
+
+
+def echoed_headers(message: str, request: web.Request) -> str:
+    """``message`` followed by the request's headers, as some OpenAI-compatible servers and debugging
+    proxies put them in their error answers (the API key included)."""
+    headers = {str(name): value for name, value in request.headers.items()}
+    return f"{message} Request headers: {orjson.dumps(headers).decode()}"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

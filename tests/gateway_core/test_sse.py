@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from gateway_core.errors import GatewayError
-from gateway_core.sse import DONE, PassthroughStream, error_event, sse_event
+from gateway_core.redaction import Redactor
+from gateway_core.sse import DONE, ChunkStream, PassthroughStream, error_event, sse_event
 
 
 class FakeContent:
@@ -132,13 +133,33 @@ async def test_read_timeout_mid_stream_is_a_504_error_event() -> None:
     assert stream.error is not None and stream.error.status == 504
 
 
-async def test_upstream_error_event_is_forwarded_once() -> None:
+async def test_upstream_error_event_is_rebuilt_once_and_ends_the_stream() -> None:
     upstream_error = sse_event(
-        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}'
+        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null,"extra":1}}'
     )
-    out, stream = await collect(FakeResponse([chunk("a") + upstream_error]))
-    assert out == chunk("a") + upstream_error
-    assert stream.error is not None
+    out, stream = await collect(FakeResponse([chunk("a") + upstream_error + chunk("b") + DONE]))
+    events = decode_events(out)
+    assert events[0] + b"\n\n" == chunk("a")
+    assert len(events) == 2  # nothing after the error, no [DONE]
+    assert orjson.loads(events[1].removeprefix(b"data: ")) == {
+        "error": {"message": "overloaded", "type": "server_error", "param": None, "code": "upstream_error"}
+    }
+    assert stream.error is not None and stream.error.status == 502
+
+
+async def test_an_upstream_error_event_is_scrubbed_of_the_deployments_secrets() -> None:
+    key = "sk-upstream-key-5f1e9d3c"
+    event = sse_event(orjson.dumps({"error": {"message": f"bad key {key}", "type": "auth", "code": key}}))
+    stream = PassthroughStream(
+        FakeResponse([chunk("a") + event]),  # type: ignore[arg-type]
+        provider="up",
+        forward_usage_chunk=True,
+        redact=Redactor([key]),
+    )
+    out = b"".join([part async for part in stream])
+    assert key.encode() not in out
+    error = orjson.loads(decode_events(out)[-1].removeprefix(b"data: "))["error"]
+    assert error == {"message": "bad key [redacted]", "type": "auth", "param": None, "code": "[redacted]"}
 
 
 @pytest.mark.parametrize("status", [429, 502])
@@ -148,3 +169,17 @@ def test_error_event_is_openai_shaped(status: int) -> None:
     assert orjson.loads(event[6:]) == {
         "error": {"message": "nope", "type": "server_error", "param": None, "code": "x"}
     }
+
+
+async def test_an_event_of_a_shape_the_decoder_does_not_know_ends_a_translated_stream_with_an_error() -> None:
+    async def decoded() -> AsyncIterator[dict[str, object]]:
+        yield {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": []}
+        delta: object = "not an object"
+        yield {"delta": delta.get("text")}  # type: ignore[attr-defined]  # what a decoder meets
+
+    stream = ChunkStream(decoded(), provider="up", include_usage=False)
+    events = decode_events(b"".join([part async for part in stream]))
+    assert len(events) == 2
+    error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_malformed_event"
+    assert stream.error is not None and stream.error.status == 502
