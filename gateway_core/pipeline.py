@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
+from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
@@ -523,9 +524,13 @@ class ModelEndpoint:
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
         headers += _context_headers(ctx)
 
+        relayed = Relayed()  # for the usage of a stream cut short: counted, never parsed, on the way
+
         async def write(event: bytes) -> None:
             if ctx.first_byte is None:
                 ctx.first_byte = time.perf_counter()
+            relayed.size += len(event)
+            relayed.last = event
             await send({"type": "http.response.body", "body": event, "more_body": True})
 
         complete = False
@@ -546,7 +551,7 @@ class ModelEndpoint:
                         ctx.gateway.health.failure(ctx.deployment, str(failure), None)
                 _finish(ctx, error.status if error else 200, error, stream.usage, settle)
             else:
-                ctx.usage = stream.usage
+                ctx.usage = cut_stream_usage(ctx.body, stream.usage, relayed)
 
 
 def _current_task_cancelling() -> bool:

@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import orjson
 import pytest
 
+from gateway_core.limits import Period, Window
 from gateway_core.testing import GatewayServer
 from tests.fakes import FakeOpenAI
-from tests.plugins.policies.conftest import REDIS_ENV, _cleanup, in_thread, settled
+from tests.plugins.policies.conftest import REDIS_ENV, _cleanup, in_thread, settled, used
 
 KEY = "lg-lifecycle-key-0123456789abcdef"
 KEY_NAME = "lifecycle"
@@ -172,3 +175,72 @@ def test_requests_on_closing_connections_are_finished_and_free_their_slot(
     for _, status, streamed, prompt, completion, error_type, _ in rows:
         assert (status, bool(streamed), error_type) == (200, stream, None)
         assert prompt == 6 and completion == 6  # the mock counts words: the usage of the whole answer
+
+
+#: Content chunks a client reads before it closes the stream.
+READ_CHUNKS = 8
+
+
+def leave_openai_stream(server: GatewayServer, model: str) -> str:
+    """Stream with the ``openai`` SDK and close after :data:`READ_CHUNKS` chunks: the text read."""
+    text = ""
+    with openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=10) as client:
+        stream = client.chat.completions.create(
+            model=model, stream=True, messages=[{"role": "user", "content": "tell me " + LONG_REPLY}]
+        )
+        read = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                read += 1
+                if read == READ_CHUNKS:
+                    break
+        stream.close()
+    return text
+
+
+def leave_anthropic_stream(server: GatewayServer, model: str) -> str:
+    """Stream with the ``anthropic`` SDK on /v1/messages and close after :data:`READ_CHUNKS` text deltas."""
+    text = ""
+    with anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=10) as client:
+        stream = client.messages.create(
+            model=model,
+            max_tokens=1000,
+            stream=True,
+            messages=[{"role": "user", "content": "tell me " + LONG_REPLY}],
+        )
+        read = 0
+        for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+                read += 1
+                if read == READ_CHUNKS:
+                    break
+        stream.close()
+    return text
+
+
+CLIENTS = {"openai": leave_openai_stream, "anthropic": leave_anthropic_stream}
+
+
+@pytest.mark.parametrize("model", ["mock-long", "gpt-4o-mini"])
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_a_stream_the_client_leaves_records_and_charges_what_was_streamed(
+    lifecycle_gateway: tuple[GatewayServer, Path], fake: FakeOpenAI, client: str, model: str
+) -> None:
+    server, database = lifecycle_gateway
+    fake.behave(reply=LONG_REPLY, chunks=60, chunk_interval=0.02)
+    read = CLIENTS[client](server, model)
+    assert read and len(read) < len(LONG_REPLY) / 2
+
+    wait_for(lambda: len(records(database)) == 1)
+    settled(server)
+    [(_, status, streamed, prompt, completion, error_type, cost)] = records(database)
+    assert (status, bool(streamed), error_type) == (499, True, "client_closed_request")
+    # The prompt: "tell me " and 300 words, about 2,500 characters, some 600 tokens as estimated.
+    assert 400 < prompt < 1000
+    # The answer: at least what the client read (four characters a token), at most the whole reply.
+    assert len(read) / 4 * 0.8 <= completion <= len(LONG_REPLY) / 4
+    assert cost is not None and float(cost) == pytest.approx((prompt + completion) / 1_000_000)
+    window = Window("tokens:total", TOKEN_BUDGET, Period.TOTAL)
+    assert used(server, f"bq:key:config_keys:{KEY_NAME}", window) == prompt + completion

@@ -177,3 +177,4 @@ async def test_requests_still_running_after_the_grace_period_are_cut_and_recorde
     assert all(isinstance(answers[index], httpx.TransportError) for index in range(0, IN_FLIGHT, 2))
     rows = served.records()
     assert sorted((row[1], bool(row[2])) for row in rows) == [(200, False)] * 20 + [(499, True)] * 20
+    assert all(row[3] > 0 for row in rows if row[1] == 499)  # what the cut streams had sent is counted
