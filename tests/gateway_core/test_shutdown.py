@@ -1,5 +1,6 @@
 """``lockgate serve`` stopped with SIGTERM while requests are in flight: every request is answered in full,
-then every usage record is written before the process exits (one worker, and two)."""
+then every usage record is written and every budget settled before the process exits (one worker, and
+two)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,30 @@ import httpx
 import orjson
 import pytest
 
+from gateway_core.config import RedisConfig
+from gateway_core.limits import Counters, Period, Window
+from gateway_core.store.kv import SharedRedis
 from gateway_core.store.migrate import upgrade
 from gateway_core.testing import DEFAULT_TEST_KEY, free_port
 from tests.fakes import FakeOpenAI
+from tests.plugins.policies.redis_server import RedisServer
 
 IN_FLIGHT = 40
 CHAT = "/v1/chat/completions"
+#: The budget scope of the test key, and its limits (never reached).
+BUDGET_SCOPE = "bq:key:config_keys:test"
+BUDGET = {"requests": {"total": 1000}, "tokens": {"total": 1_000_000}}
 
 
 def serve_config(
-    port: int, database: Path, fake: FakeOpenAI, workers: int, graceful_timeout: float
+    port: int,
+    database: Path,
+    fake: FakeOpenAI,
+    workers: int,
+    graceful_timeout: float,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "server": {
             "host": "127.0.0.1",
             "port": port,
@@ -45,6 +58,26 @@ def serve_config(
         },
         "plugins": {"config_keys": {"keys": [{"name": "test", "key": DEFAULT_TEST_KEY}]}},
     }
+    if redis_url is not None:
+        config["redis"] = {"url": redis_url}
+        config["plugins"]["budgets"] = {"defaults": {"key": BUDGET}}
+    return config
+
+
+async def budget_used(redis_url: str) -> tuple[int, int]:
+    """The requests and tokens the test key's budget counted: (requests, tokens)."""
+    redis = SharedRedis(RedisConfig(url=redis_url))
+    await redis.start()
+    try:
+        counters = Counters(redis)
+        windows = [
+            Window("requests:total", BUDGET["requests"]["total"], Period.TOTAL, 0),
+            Window("tokens:total", BUDGET["tokens"]["total"], Period.TOTAL, 0),
+        ]
+        verdict = await counters.take(BUDGET_SCOPE, windows)
+        return verdict.used["requests:total"], verdict.used["tokens:total"]
+    finally:
+        await redis.stop()
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
@@ -71,12 +104,19 @@ async def one_request(client: httpx.AsyncClient, index: int) -> tuple[str, int, 
 class Served:
     """``lockgate serve`` in a subprocess (its own process group) on a free port, with a SQLite usage log."""
 
-    def __init__(self, tmp_path: Path, fake: FakeOpenAI, workers: int, graceful_timeout: float) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        fake: FakeOpenAI,
+        workers: int,
+        graceful_timeout: float,
+        redis_url: str | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
         self.database = tmp_path / "lockgate.db"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        config = serve_config(port, self.database, fake, workers, graceful_timeout)
+        config = serve_config(port, self.database, fake, workers, graceful_timeout, redis_url)
         self.config = tmp_path / "gw.yaml"
         self.config.write_text(orjson.dumps(config).decode())  # JSON is YAML
         self.log_path = tmp_path / "serve.log"
@@ -118,7 +158,7 @@ class Served:
     def records(self) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as connection:
             return connection.execute(
-                "SELECT request_id, status, stream, completion_tokens FROM usage_records"
+                "SELECT request_id, status, stream, completion_tokens, total_tokens FROM usage_records"
             ).fetchall()
 
 
@@ -148,17 +188,20 @@ async def test_sigterm_answers_requests_in_flight_then_writes_all_their_records(
     tmp_path: Path, fake: FakeOpenAI, workers: int
 ) -> None:
     fake.behave(delay=1.0, chunks=10, chunk_interval=0.1)  # answers take 1 s, streams 2 s more
-    served = Served(tmp_path, fake, workers, graceful_timeout=20)
-    try:
-        answers, exit_code, _ = await sigterm_in_flight(served, fake)
-    finally:
-        served.kill()
+    with RedisServer() as redis:  # the budgets' counters, read once the gateway is gone
+        served = Served(tmp_path, fake, workers, graceful_timeout=20, redis_url=redis.url)
+        try:
+            answers, exit_code, _ = await sigterm_in_flight(served, fake)
+        finally:
+            served.kill()
+        requests, tokens = await budget_used(redis.url)
 
     assert exit_code == 0, served.log_path.read_text()
     assert [answer[1:] for answer in answers] == [(200, True)] * IN_FLIGHT
     rows = served.records()
     assert sorted(row[0] for row in rows) == sorted(answer[0] for answer in answers)
     assert sorted((row[1], bool(row[2])) for row in rows) == [(200, False)] * 20 + [(200, True)] * 20
+    assert (requests, tokens) == (IN_FLIGHT, sum(row[4] for row in rows))  # every budget settled
 
 
 async def test_requests_still_running_after_the_grace_period_are_cut_and_recorded(
