@@ -151,7 +151,7 @@ def chat_body(stream: bool, text: str) -> bytes:
 def records(database: Path) -> list[tuple[Any, ...]]:
     with sqlite3.connect(database) as connection:
         return connection.execute(
-            "SELECT request_id, status, stream, prompt_tokens, completion_tokens, error_type, cost"
+            "SELECT request_id, status, stream, prompt_tokens, completion_tokens, error_type, cost, tokens_estimated"
             " FROM usage_records"
         ).fetchall()
 
@@ -201,8 +201,8 @@ def test_requests_on_closing_connections_are_finished_and_free_their_slot(
     settled(server)
     rows = records(database)
     assert sorted(row[0] for row in rows) == sorted(ids)  # exactly one record per request
-    for _, status, streamed, prompt, completion, error_type, _ in rows:
-        assert (status, bool(streamed), error_type) == (200, stream, None)
+    for _, status, streamed, prompt, completion, error_type, _, estimated in rows:
+        assert (status, bool(streamed), error_type, bool(estimated)) == (200, stream, None, False)
         assert prompt == 6 and completion == 6  # the mock counts words: the usage of the whole answer
 
 
@@ -264,8 +264,9 @@ def test_a_stream_the_client_leaves_records_and_charges_what_was_streamed(
 
     wait_for(lambda: len(records(database)) == 1)
     settled(server)
-    [(_, status, streamed, prompt, completion, error_type, cost)] = records(database)
+    [(_, status, streamed, prompt, completion, error_type, cost, estimated)] = records(database)
     assert (status, bool(streamed), error_type) == (499, True, "client_closed_request")
+    assert estimated  # the record says its counts are the gateway's estimate
     if (client, model) == ("anthropic", "claude"):  # forwarded as is: Anthropic's own prompt count,
         assert prompt == 302  # sent at the start of its stream (the fake counts words)
     else:  # "tell me " and 300 words, about 2,500 characters: some 600 tokens as estimated
