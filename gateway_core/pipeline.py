@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
+from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
@@ -221,6 +222,11 @@ class DisconnectWatch:
     After :meth:`stop` a disconnect no longer cancels anything. The watcher task then ends by itself:
     once the response is complete, ``receive()`` answers ``http.disconnect`` (ASGI spec), so it is not
     cancelled (cheaper, and nothing can race a late cancel into a finished request).
+
+    Stop it before sending the last message of an answer: when the server closes the connection after
+    it (HTTP/1.0, ``Connection: close``, a worker shutting down), hypercorn announces the disconnect
+    while that send is still closing the socket, and a cancel then would hit a complete answer (and be
+    swallowed by the server, leaving the request unfinished).
     """
 
     __slots__ = ("_task", "_watcher", "disconnected", "stopped")
@@ -445,6 +451,7 @@ class ModelEndpoint:
             assert deployment is not None
             if isinstance(result, CompletedResponse):
                 answer = wire.encode(ctx, result)
+                watch.stop()  # the answer is complete: the client's leaving no longer changes it
                 _finish(ctx, 200, None, result.usage, settle)
                 response_headers = [
                     *_JSON_HEADERS,
@@ -457,7 +464,7 @@ class ModelEndpoint:
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
                 await send({"type": "http.response.body", "body": answer})
             else:
-                await self._relay(ctx, result, send, settle, id_header)
+                await self._relay(ctx, result, send, settle, id_header, watch)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
             if body_read or await self._drain(receive, headers):
@@ -482,6 +489,8 @@ class ModelEndpoint:
         finally:
             if watch is not None:
                 watch.stop()
+            if ctx.finished is None and settle:  # ended by a cancel that something swallowed
+                _finish(ctx, CLIENT_CLOSED, None, ctx.usage, settle)
 
     async def _drain(self, receive: Receive, headers: Headers) -> bool:
         """Before an early answer, drop the unread body (up to a bound) so the client reads the answer."""
@@ -507,6 +516,7 @@ class ModelEndpoint:
         send: Send,
         settle: bool,
         id_header: tuple[bytes, bytes],
+        watch: DisconnectWatch,
     ) -> None:
         headers = [*_STREAM_HEADERS, id_header]
         if ctx.deployment is not None:
@@ -514,19 +524,26 @@ class ModelEndpoint:
         headers += [(k.encode(), v.encode()) for k, v in stream.headers.items()]
         headers += _context_headers(ctx)
 
+        relayed = Relayed()  # for the usage of a stream cut short: counted, never parsed, on the way
+
         async def write(event: bytes) -> None:
             if ctx.first_byte is None:
                 ctx.first_byte = time.perf_counter()
+            relayed.size += len(event)
+            relayed.last = event
             await send({"type": "http.response.body", "body": event, "more_body": True})
 
+        complete = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.wire.write_stream(ctx, stream, write)
+            watch.stop()  # see DisconnectWatch: the answer is complete once this send is made
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            complete = True
         finally:
             stream.close()
             # A cancel leaves ctx.finished unset here; the caller records the client's leaving.
-            if not _current_task_cancelling():
+            if complete or not _current_task_cancelling():
                 error = stream.error
                 if error is not None and ctx.deployment is not None:
                     failure = classify(error)
@@ -534,7 +551,7 @@ class ModelEndpoint:
                         ctx.gateway.health.failure(ctx.deployment, str(failure), None)
                 _finish(ctx, error.status if error else 200, error, stream.usage, settle)
             else:
-                ctx.usage = stream.usage
+                ctx.usage = cut_stream_usage(ctx.body, stream.usage, relayed)
 
 
 def _current_task_cancelling() -> bool:

@@ -205,7 +205,8 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """A quick upper-leaning estimate of a request's prompt tokens (about four bytes per token).
 
     Counts the messages (or an embeddings ``input``), tools and system prompt; used for reservations
-    before the call, never for billing.
+    before the call, and billed only for a stream cut before the upstream reported its usage (see
+    :mod:`gateway_core.estimates`).
     """
     parts = [body.get("messages"), body.get("tools"), body.get("input"), body.get("system")]
     size = len(orjson.dumps([part for part in parts if part is not None]))

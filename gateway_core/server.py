@@ -66,6 +66,10 @@ def serve(config: GatewayConfig, path: str) -> None:
 
         os.environ[CONFIG_ENV] = path
         hc.application_path = "gateway_core.server:app_from_env()"
+        # Workers inherit this: SIGTERM sent to the whole group (systemd's default) must not kill them
+        # mid-request. The main process stops them gracefully (hypercorn sets its own handler after
+        # starting them, as it does for SIGINT).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         run(hc)
         return
 

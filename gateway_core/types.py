@@ -48,6 +48,9 @@ class Usage:
     #: Prompt tokens written to the provider's cache (billed differently by some providers).
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    #: True when the gateway estimated the counts (a stream cut short before the upstream reported
+    #: them, see :mod:`gateway_core.estimates`), False when the upstream reported them.
+    estimated: bool = False
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:

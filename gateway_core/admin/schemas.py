@@ -525,6 +525,9 @@ class UsageRecord(_Out):
     cache_write_tokens: int
     reasoning_tokens: int
     total_tokens: int
+    tokens_estimated: bool = Field(
+        description="the gateway estimated the token counts: a stream cut before the upstream reported them"
+    )
     cost: PlainDecimal | None = Field(description="USD as a decimal string; null when the price is unknown")
     price_known: bool
     latency_ms: int

@@ -185,6 +185,8 @@ class UsageRecord(Model):
     cache_write_tokens = fields.IntField(default=0)
     reasoning_tokens = fields.IntField(default=0)
     total_tokens = fields.IntField(default=0)
+    #: Whether the gateway estimated the token counts (a stream cut before the upstream reported them).
+    tokens_estimated = fields.BooleanField(default=False)
     #: USD; None when the price is unknown (not zero).
     cost = fields.DecimalField(max_digits=18, decimal_places=8, null=True)
     price_known = fields.BooleanField(default=True)

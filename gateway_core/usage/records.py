@@ -57,6 +57,8 @@ class UsageEntry:
     attempts: int
     stream: bool
     dialect: str
+    #: The gateway estimated the token counts: a stream cut before the upstream reported them.
+    tokens_estimated: bool = False
 
     @property
     def is_error(self) -> bool:
@@ -82,6 +84,7 @@ class UsageEntry:
             raise ValueError("not a JSON object")
         data["created_at"] = _utc(datetime.fromisoformat(data["created_at"]))
         data["cost"] = _cost(data["cost"]) if data.get("cost") is not None else None
+        data.setdefault("tokens_estimated", False)  # spooled before the column existed
         return cls(**{name: data[name] for name in COLUMNS})
 
 
@@ -152,6 +155,7 @@ def entry_from_context(ctx: RequestContext) -> UsageEntry:
         attempts=min(max(int(ctx.attempts), 0), SMALLINT_MAX),
         stream=bool(ctx.stream),
         dialect=_text(ctx.dialect, "dialect") or "",
+        tokens_estimated=usage is not None and usage.estimated,
     )
 
 
