@@ -11,11 +11,15 @@ budget; ``metadata.quotas`` holds the rest, e.g. ``{"requests": {"day": 1000}, "
 organization (a record's own amounts win, period by period).
 
 Before the call a request reserves its worst case: one request, the estimated prompt plus its
-``max_tokens`` in tokens, and what that costs at the dearest price of its model group. Once it ended
-the reservation is corrected to the real usage and cost, so concurrent requests can overspend a
-budget by at most one reservation's error, never by their number. A model group with an unknown
-price reserves no cost (logged once per model, counted in ``unpriced``) and its calls are charged
-what the pricing later knows, nothing when it never does.
+``max_tokens`` (else ``pricing.default_max_output_tokens``) in tokens, and what that costs at the
+dearest price of its model group. Once it ended the reservation is corrected to the real usage and
+cost, but never above the reservation: a request is admitted only when its worst case fits, and is
+charged at most that worst case, so a budget's counter never exceeds its limit. The reservation is
+enforced on the answer too: a stream ends (finish reason ``length``) at the output tokens reserved
+(``ctx.output_cap``, see :mod:`gateway_core.stream_cap`), and a complete answer of an upstream that
+ignored ``max_tokens`` is charged no more than reserved (its usage record keeps the true usage). A
+model group with an unknown price reserves no cost (logged once per model, counted in ``unpriced``)
+and its calls are charged what the pricing later knows, nothing when it never does.
 """
 
 from __future__ import annotations
@@ -250,8 +254,11 @@ class Budgets:
             return None
         prompt = estimate_prompt_tokens(ctx.body)
         output = max_output_tokens(ctx.body, self.gateway.config.pricing.default_max_output_tokens)
-        needs_cost = any(kind == COST for account in accounts for kind, _, _ in account.limits)
-        cost = self.worst_cost(ctx, prompt, output) if needs_cost else 0
+        kinds = {kind for account in accounts for kind, _, _ in account.limits}
+        cost = self.worst_cost(ctx, prompt, output) if COST in kinds else 0
+        if (COST in kinds or TOKENS in kinds) and ctx.endpoint == "chat":
+            # The reservation holds only if the answer does: streams end at the output admitted.
+            ctx.output_cap = output if ctx.output_cap is None else min(output, ctx.output_cap)
         held = Held(Reservation(self.counters), prompt + output, cost)
         ctx.state[NAME] = held  # before taking: a request cancelled meanwhile is settled from here
         taking = held.reservation.take_soon(
@@ -272,8 +279,12 @@ class Budgets:
         if held is None:
             return None
         requests = 1 if reached_provider(ctx) else 0
-        tokens = tokens_used(ctx, held.tokens)
+        # A request is charged at most what it reserved, whatever the upstream reports (an upstream
+        # may ignore max_tokens): the usage record keeps the true usage and cost.
+        tokens = min(tokens_used(ctx, held.tokens), held.tokens)
         cost = self.cost_of(ctx, held.cost)
+        if held.cost:  # priced when admitted (an unknown price reserved nothing: charged in full)
+            cost = min(cost, held.cost)
         used = {REQUESTS: requests, TOKENS: tokens, COST: cost}
         return held.reservation.settle_soon(lambda window: used[window.name.partition(":")[0]])
 
