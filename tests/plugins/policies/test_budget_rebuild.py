@@ -148,3 +148,21 @@ def _drop_usage_table(path: Path) -> None:
 
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE usage_records RENAME TO usage_records_gone")
+
+
+def test_a_budget_in_memory_holds_across_a_gateway_restart(
+    serve: Callable[..., GatewayServer], tmp_path: Path
+) -> None:
+    from gateway_core.store.migrate import upgrade
+
+    name, key = f"embedded-{uuid.uuid4().hex[:8]}", f"lg-{uuid.uuid4().hex}"
+    url = f"sqlite://{tmp_path / 'embedded.db'}"
+    in_thread(lambda: upgrade(url))
+    redis = RedisServer()  # never started: the configuration below has no Redis
+    data = gateway_config(redis, url, name, key, tmp_path)
+    del data["redis"]
+    first = serve(data)
+    assert [call(first, key) for _ in range(6)] == [200] * 6
+    first.stop()  # the usage log is flushed at shutdown
+    second = serve(data)
+    assert [call(second, key) for _ in range(6)] == [200] * 4 + [429] * 2
