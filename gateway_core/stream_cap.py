@@ -105,13 +105,24 @@ class CappedStream(ChatStream):
         anthropic = self.dialect == "anthropic"
         pattern = _ANTHROPIC_OUTPUT if anthropic else _OPENAI_OUTPUT
         items = self.inner.__aiter__()
+        buffer = b""  # the start of an event whose end has not come yet (streams forwarded raw)
         try:
             async for data in items:
-                if pattern.search(data) is None:
-                    yield data
+                if not buffer and data.endswith(b"\n\n") and pattern.search(data) is None:
+                    yield data  # whole events without output
+                    continue
+                buffer += data
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                end = buffer.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
+                if pattern.search(complete) is None:
+                    yield complete
                     continue
                 kept: list[bytes] = []
-                for event in data.split(b"\n\n"):
+                for event in complete.split(b"\n\n"):
                     if not event.strip():
                         continue
                     if self._over(pattern.search(event) is not None):
@@ -120,7 +131,9 @@ class CappedStream(ChatStream):
                         yield self._anthropic_end(event) if anthropic else self._openai_end(event)
                         return
                     kept.append(event)
-                yield data
+                yield complete
+            if buffer:
+                yield buffer
         finally:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
