@@ -5,8 +5,10 @@ Keys of one scope share the hash tag ``{scope}``, so on Redis Cluster the operat
 are one script on one slot. The script mirrors :mod:`gateway_core.limits.windows` exactly; the
 gateway's clock is passed in (replicas' clocks are assumed synchronised, as NTP keeps them). Every key
 expires once it no longer matters: a rate window when it drained, a calendar counter an hour after its
-period ended (so late settlements still find it), a concurrency set with its last lease. Expiries
-are relative to the gateway's clock, so a skew between it and Redis's clock does not matter.
+period ended (so late settlements still find it), the marker of a durable counter an hour after the
+next period ended (so that period's first take knows this one was counted), a concurrency set with
+its last lease. Expiries are relative to the gateway's clock, so a skew between it and Redis's clock
+does not matter.
 """
 
 from __future__ import annotations
