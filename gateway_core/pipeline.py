@@ -26,6 +26,7 @@ from gateway_core.gateway import Gateway
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
+from gateway_core.stream_cap import cap_stream
 from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
 
 log = logging.getLogger("lockgate.pipeline")
@@ -518,6 +519,7 @@ class ModelEndpoint:
         id_header: tuple[bytes, bytes],
         watch: DisconnectWatch,
     ) -> None:
+        stream = cap_stream(ctx, stream)
         headers = [*_STREAM_HEADERS, id_header]
         if ctx.deployment is not None:
             headers.append((b"x-lockgate-deployment", ctx.deployment.header_value))

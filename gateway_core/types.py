@@ -101,6 +101,9 @@ class RequestContext:
     cost: Decimal | None = None
     #: False when the served deployment has no known price (its cost is unknown, not zero).
     price_known: bool = True
+    #: The most output tokens the policies admitted (the least any of them reserved), or None: a stream
+    #: is ended there with finish reason ``length`` (see :mod:`gateway_core.stream_cap`).
+    output_cap: int | None = None
     #: Extra headers for the client's answer (success or error), e.g. ``x-ratelimit-*`` set by policies.
     response_headers: dict[str, str] = field(default_factory=dict)
     #: Free space for plugins, keyed by plugin name.

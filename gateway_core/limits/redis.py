@@ -5,8 +5,10 @@ Keys of one scope share the hash tag ``{scope}``, so on Redis Cluster the operat
 are one script on one slot. The script mirrors :mod:`gateway_core.limits.windows` exactly; the
 gateway's clock is passed in (replicas' clocks are assumed synchronised, as NTP keeps them). Every key
 expires once it no longer matters: a rate window when it drained, a calendar counter an hour after its
-period ended (so late settlements still find it), a concurrency set with its last lease. Expiries
-are relative to the gateway's clock, so a skew between it and Redis's clock does not matter.
+period ended (so late settlements still find it), the marker of a durable counter an hour after the
+next period ended (so that period's first take knows this one was counted), a concurrency set with
+its last lease. Expiries are relative to the gateway's clock, so a skew between it and Redis's clock
+does not matter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway_core.limits.windows import EPSILON, Verdict, Window, period_bounds, verdict_of
+from gateway_core.limits.windows import (
+    EPSILON,
+    Verdict,
+    Window,
+    calendar_period,
+    period_bounds,
+    verdict_of,
+)
 
 if TYPE_CHECKING:
     from gateway_core.store.kv import SharedRedis
@@ -29,31 +38,46 @@ SETTLE_DELAY_SECONDS = 0.02
 
 # One script runs every operation of a batch, in order. ARGV: now, epsilon, then the operations, each
 # a letter and its arguments; each takes its keys from KEYS in turn.
-#   T n (kind limit span amount)*n   take n windows, all or nothing: {allowed, refused index (0 =
-#                                     none), state of each window as a string}. kind: "r" rolling
+#   T n (kind limit span amount since)*n
+#                                     take n windows, all or nothing: {allowed, refused index (0 =
+#                                     none; negative: that durable window is unseeded and nothing was
+#                                     taken), state of each window as a string}. kind: "r" rolling
 #                                     (span = seconds), "c" calendar (span = expiry as epoch seconds;
-#                                     0 = never).
-#   A kind limit span delta          adjust one window, never refused: 1
+#                                     0 = never), "d" durable calendar (two more keys: its marker and
+#                                     the previous period's; since = the marker's expiry, 0 = never).
+#   A kind limit span delta at       adjust one window, never refused: 1. A durable window (its
+#                                     marker is a second key) is adjusted only when its marker was
+#                                     set before ``at``, the take being corrected.
+#   S amount span since              seed a durable window (keys: counter, marker) unless its marker
+#                                     exists: 1 when seeded, 0 when it was already
 #   Q limit lease token              take a concurrency slot: 1, or 0 when all are held
 #   R token                          release a slot: 1
+# A durable window's marker holds the clock time from which its store counted everything: set when it
+# is seeded, or at the first take of a period when the previous period's marker shows the store
+# counted that one (a new period, not a lost one).
 _BATCH = """
 local now = tonumber(ARGV[1])
 local eps = tonumber(ARGV[2])
 local out = {}
 local k = 0
 local a = 2
+local function expire_at(key, at)
+  if at > 0 then redis.call('EXPIRE', key, math.max(math.ceil(at - now), 1)) end
+end
 while a < #ARGV do
   local op = ARGV[a + 1]
   if op == 'T' then
     local n = tonumber(ARGV[a + 2])
     a = a + 2
-    local states = {}
-    local refused = 0
+    local states, keys, markers = {}, {}, {}
+    local refused, unseeded = 0, 0
     for i = 1, n do
-      local base = a + (i - 1) * 4
+      local base = a + (i - 1) * 5
       local kind, limit = ARGV[base + 1], tonumber(ARGV[base + 2])
       local span, amount = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-      local raw = redis.call('GET', KEYS[k + i])
+      k = k + 1
+      keys[i] = KEYS[k]
+      local raw = redis.call('GET', keys[i])
       local ok
       if kind == 'r' then
         local tat = now
@@ -66,39 +90,59 @@ while a < #ARGV do
           ok = (after - now <= span + eps) and (amount > 0 or tat - now < span - eps)
         end
       else
+        if kind == 'd' then
+          if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+            if redis.call('EXISTS', KEYS[k + 2]) == 0 then
+              if unseeded == 0 then unseeded = i end
+            else
+              markers[i] = {KEYS[k + 1], tonumber(ARGV[base + 5])}
+            end
+          end
+          k = k + 2
+        end
         local used = tonumber(raw or '0')
         states[i] = used
         ok = limit > 0 and used + amount <= limit and (amount > 0 or used < limit)
       end
       if not ok and refused == 0 then refused = i end
     end
-    if refused == 0 then
+    if unseeded > 0 then
+      refused = -unseeded
+    elseif refused == 0 then
       for i = 1, n do
-        local base = a + (i - 1) * 4
+        local base = a + (i - 1) * 5
         local kind, limit = ARGV[base + 1], tonumber(ARGV[base + 2])
         local span, amount = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
         if amount > 0 then
           if kind == 'r' then
             states[i] = states[i] + amount * span / limit
-            redis.call('SET', KEYS[k + i], string.format('%.17g', states[i]),
+            redis.call('SET', keys[i], string.format('%.17g', states[i]),
               'PX', math.ceil((states[i] - now) * 1000) + 1)
           else
-            states[i] = redis.call('INCRBY', KEYS[k + i], amount)
-            if span > 0 then redis.call('EXPIRE', KEYS[k + i], math.max(math.ceil(span - now), 1)) end
+            states[i] = redis.call('INCRBY', keys[i], amount)
+            expire_at(keys[i], span)
           end
+        end
+        if markers[i] then
+          redis.call('SET', markers[i][1], string.format('%.17g', now))
+          expire_at(markers[i][1], markers[i][2])
         end
       end
     end
     local result = {refused == 0 and 1 or 0, refused}
     for i = 1, n do result[#result + 1] = string.format('%.17g', states[i]) end
     out[#out + 1] = result
-    k = k + n
-    a = a + n * 4
+    a = a + n * 5
   elseif op == 'A' then
     local key, kind = KEYS[k + 1], ARGV[a + 2]
     local limit, span, delta = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
     local raw = redis.call('GET', key)
-    if raw or delta > 0 then
+    if kind == 'd' then
+      local since = redis.call('GET', KEYS[k + 2])
+      if not since or tonumber(ARGV[a + 6]) < tonumber(since) then delta = 0 end
+      k = k + 1
+    end
+    if delta ~= 0 and (raw or delta > 0) then
       if kind == 'r' then
         if limit > 0 then
           local tat = now
@@ -114,12 +158,24 @@ while a < #ARGV do
         redis.call('SET', key, math.max(tonumber(raw) + delta, 0), 'KEEPTTL')
       else
         redis.call('INCRBY', key, delta)
-        if span > 0 then redis.call('EXPIRE', key, math.max(math.ceil(span - now), 1)) end
+        expire_at(key, span)
       end
     end
     out[#out + 1] = 1
     k = k + 1
-    a = a + 5
+    a = a + 6
+  elseif op == 'S' then
+    if redis.call('EXISTS', KEYS[k + 2]) == 1 then
+      out[#out + 1] = 0
+    else
+      redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+      expire_at(KEYS[k + 1], tonumber(ARGV[a + 3]))
+      redis.call('SET', KEYS[k + 2], string.format('%.17g', now))
+      expire_at(KEYS[k + 2], tonumber(ARGV[a + 4]))
+      out[#out + 1] = 1
+    end
+    k = k + 2
+    a = a + 4
   elseif op == 'Q' then
     local key, limit = KEYS[k + 1], tonumber(ARGV[a + 2])
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -160,14 +216,18 @@ def hash_tag(scope: str) -> str:
 def verdicts_of(answer: Any, requests: Sequence[tuple[str, Sequence[Window]]], now: float) -> list[Verdict]:
     """The verdicts of a take over several scopes (see :meth:`RedisCounters.take_soon`): one per
     scope when all were allowed, else those up to the refusing scope's, which is last."""
-    refused = int(answer[1]) - 1
+    answered = int(answer[1])
+    refused = abs(answered) - 1
     states = [float(_text(value)) for value in answer[2:]]
     verdicts: list[Verdict] = []
     first = 0
     for scope, windows in requests:
         last = first + len(windows)
         if 0 <= refused < last:
-            verdicts.append(verdict_of(scope, windows, states[first:last], refused - first, now, "redis"))
+            index = refused - first
+            verdicts.append(
+                verdict_of(scope, windows, states[first:last], index, now, "redis", unseeded=answered < 0)
+            )
             break
         verdicts.append(verdict_of(scope, windows, states[first:last], None, now, "redis"))
         first = last
@@ -289,6 +349,17 @@ class RedisCounters:
         period_id, ends = period_bounds(window.period, at)
         return f"{key}:{period_id}", 0.0 if ends is None else ends + PERIOD_GRACE_SECONDS
 
+    def _markers(self, scope: str, window: Window, at: float) -> tuple[str, str, float]:
+        """A durable window's marker, the previous period's marker (the same for a total) and the
+        marker's expiry: the end of the next period, so the next period can tell a first use."""
+        assert window.period is not None
+        key = f"{self.prefix}:{hash_tag(scope)}:{window.name}"
+        period = calendar_period(window.period, at)
+        if period is None:
+            return f"{key}:total:since", f"{key}:total:since", 0.0
+        since = period.next_end + PERIOD_GRACE_SECONDS
+        return f"{key}:{period.id}:since", f"{key}:{period.previous_id}:since", since
+
     def _slots_key(self, scope: str, name: str) -> str:
         return f"{self.prefix}:{hash_tag(scope)}:slots:{name}"
 
@@ -313,7 +384,12 @@ class RedisCounters:
             for window in windows:
                 key, span = self._window_key(scope, window, now)
                 keys.append(key)
-                args += ["r" if window.rolling else "c", window.limit, repr(span), window.amount]
+                if window.durable and window.period is not None:
+                    marker, previous, since = self._markers(scope, window, now)
+                    keys += (marker, previous)
+                    args += ["d", window.limit, repr(span), window.amount, repr(since)]
+                else:
+                    args += ["r" if window.rolling else "c", window.limit, repr(span), window.amount, 0]
         return self._add(batch, keys, args), batch
 
     def adjust_soon(
@@ -323,9 +399,23 @@ class RedisCounters:
         (``urgent``: this loop turn's)."""
         batch = self._batch(scope, urgent=urgent)
         now = self.clock()
-        key, span = self._window_key(scope, window, now if at is None or window.rolling else at)
+        when = now if at is None or window.rolling else at
+        key, span = self._window_key(scope, window, when)
+        keys = [key]
         kind = "r" if window.rolling else "c"
-        return self._add(batch, [key], ["A", kind, window.limit, repr(span), delta])
+        if window.durable and window.period is not None:
+            kind = "d"
+            keys.append(self._markers(scope, window, when)[0])
+        return self._add(batch, keys, ["A", kind, window.limit, repr(span), delta, repr(when)])
+
+    def seed_soon(self, scope: str, window: Window, amount: int, at: float) -> asyncio.Future[Any]:
+        """Set a durable window of the period ``at`` falls in to ``amount`` unless its marker shows
+        it counted already (another worker or replica seeded it first), in this turn's batch:
+        answers 1 when seeded, 0 when it was already."""
+        batch = self._batch(scope, urgent=True)
+        key, span = self._window_key(scope, window, at)
+        marker, _, since = self._markers(scope, window, at)
+        return self._add(batch, [key, marker], ["S", amount, repr(span), repr(since)])
 
     def release_soon(self, scope: str, name: str, token: str, *, urgent: bool = False) -> asyncio.Future[Any]:
         """Free a slot in the next batch (``urgent``: this loop turn's)."""

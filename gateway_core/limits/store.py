@@ -180,6 +180,15 @@ class Counters:
         """Return ``amount`` of a reservation (what a request did not use)."""
         await self.adjust(scope, window, -amount, at=at, backend=backend)
 
+    async def seed(self, scope: str, window: Window, amount: int, *, at: float, backend: Backend) -> bool:
+        """Set a durable window (see :attr:`Window.durable`) of the period ``at`` falls in to
+        ``amount`` on the store that answered ``unseeded`` (``backend``), unless it counts already
+        (another worker or replica seeded it first). True when this call seeded it; raises
+        ``RedisUnavailable`` when Redis is down."""
+        if self.redis is None or backend == "memory":
+            return self.memory.seed_now(scope, window, amount, at)
+        return bool(int(await self.redis.seed_soon(scope, window, amount, at)))
+
     async def acquire(self, scope: str, name: str, limit: int, lease_seconds: float) -> str | None:
         """A concurrency slot of ``scope`` (at most ``limit`` held at once): a token, or None when all
         are held. Slots not released within ``lease_seconds`` free themselves."""

@@ -51,6 +51,9 @@ class Window:
     limit: int
     seconds: float | Period
     amount: int = 1
+    #: A calendar counter that a store which lost it (or never had it) does not start from zero: a
+    #: take answers ``unseeded`` until the owner seeds it (budgets rebuild it from the usage records).
+    durable: bool = False
 
     def __post_init__(self) -> None:
         if self.limit < 0 or self.amount < 0:
@@ -93,22 +96,51 @@ class Verdict:
     at: float = 0.0
     #: Where the counters live (``memory`` also while Redis is down and limits fail open).
     backend: Backend = "memory"
+    #: Refused because the store does not know the count of the ``refused`` durable window yet:
+    #: nothing was taken; seed it (:meth:`~gateway_core.limits.Counters.seed`) and take again.
+    unseeded: bool = False
 
 
 # --- calendar periods ------------------------------------------------------------------------------
 
 
-#: The last period found per kind: (start, end, id), so most calls skip the date arithmetic.
-_last_period: dict[Period, tuple[float, float, str]] = {}
+@dataclass(frozen=True, slots=True)
+class CalendarPeriod:
+    """One UTC day or month: its id (``2026-05-31``, ``2026-05``), bounds, and its neighbours'."""
+
+    id: str
+    start: float
+    end: float
+    previous_id: str
+    #: When the period after this one ends.
+    next_end: float
+
+
+#: The last period found per kind, so most calls skip the date arithmetic.
+_last_period: dict[Period, CalendarPeriod] = {}
+
+
+def calendar_period(period: Period, now: float) -> CalendarPeriod | None:
+    """The day or month ``now`` falls in (None for the total)."""
+    if period is Period.TOTAL:
+        return None
+    last = _last_period.get(period)
+    if last is not None and last.start <= now < last.end:
+        return last
+    period_id, start, end = _calendar(period, now)
+    found = CalendarPeriod(period_id, start, end, _calendar(period, start - 1)[0], _calendar(period, end)[2])
+    _last_period[period] = found
+    return found
 
 
 def period_bounds(period: Period, now: float) -> tuple[str, float | None]:
     """The id of the period ``now`` falls in (``2026-05-31``, ``2026-05``, ``total``) and its end."""
-    if period is Period.TOTAL:
-        return "total", None
-    last = _last_period.get(period)
-    if last is not None and last[0] <= now < last[1]:
-        return last[2], last[1]
+    found = calendar_period(period, now)
+    return ("total", None) if found is None else (found.id, found.end)
+
+
+def _calendar(period: Period, now: float) -> tuple[str, float, float]:
+    """The id, start and end of the day or month ``now`` falls in."""
     moment = datetime.fromtimestamp(now, UTC)
     if period is Period.DAY:
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -121,8 +153,7 @@ def period_bounds(period: Period, now: float) -> tuple[str, float | None]:
             else start.replace(month=start.month + 1)
         )
         period_id, end = start.strftime("%Y-%m"), following.timestamp()
-    _last_period[period] = (start.timestamp(), end, period_id)
-    return period_id, end
+    return period_id, start.timestamp(), end
 
 
 # --- the decision, shared by the memory backend and mirrored by the Lua scripts --------------------
@@ -173,6 +204,7 @@ def verdict_of(
     refused_index: int | None,
     now: float,
     backend: Backend,
+    unseeded: bool = False,
 ) -> Verdict:
     """Build the verdict from each window's state (after the take, or as found on a refusal)."""
     remaining: dict[str, int] = {}
@@ -203,7 +235,9 @@ def verdict_of(
             retry_after = max(after - refused.seconds - now, 0.0)
         else:
             retry_after = reset[refused.name]
-    return Verdict(False, scope, tuple(windows), refused, remaining, used, reset, retry_after, now, backend)
+    return Verdict(
+        False, scope, tuple(windows), refused, remaining, used, reset, retry_after, now, backend, unseeded
+    )
 
 
 def format_duration(seconds: float) -> str:

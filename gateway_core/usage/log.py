@@ -187,6 +187,12 @@ class UsageLog:
         """Records in memory, not stored or spooled yet."""
         return len(self._queue) + len(self._overflow) + len(self._in_flight) + len(self._spooling)
 
+    async def unstored(self) -> list[UsageEntry]:
+        """The records of this process not known to be stored yet: queued, being written or spooled
+        (a spooled record being replayed right now may be stored already)."""
+        spooled = await asyncio.to_thread(self.spool.peek)
+        return [*self._queue, *self._overflow, *self._in_flight, *self._spooling, *spooled]
+
     def status(self) -> dict[str, Any]:
         """The counters and the backlog (``GET /ready``)."""
         return {

@@ -101,6 +101,21 @@ class Spool(Generic[E]):
         found = [path for folder in self._folders() for path in _listed(folder, SUFFIX)]
         return sorted(found, key=lambda path: path.name)  # names start with their creation time
 
+    def peek(self) -> list[E]:
+        """Every record the segments hold now, without claiming them (a budget rebuild counts what is
+        not in the database yet); malformed lines and segments gone meanwhile are skipped."""
+        entries: list[E] = []
+        for path in self.segments():
+            try:
+                with path.open("rb") as file:
+                    for line in file:
+                        with contextlib.suppress(ValueError, TypeError, KeyError):
+                            if line.strip():
+                                entries.append(self.decode(line))
+            except OSError:
+                continue
+        return entries
+
     def failed_segments(self) -> list[Path]:
         return sorted(path for folder in self._folders() for path in _listed(folder, FAILED_SUFFIX))
 

@@ -11,11 +11,15 @@ budget; ``metadata.quotas`` holds the rest, e.g. ``{"requests": {"day": 1000}, "
 organization (a record's own amounts win, period by period).
 
 Before the call a request reserves its worst case: one request, the estimated prompt plus its
-``max_tokens`` in tokens, and what that costs at the dearest price of its model group. Once it ended
-the reservation is corrected to the real usage and cost, so concurrent requests can overspend a
-budget by at most one reservation's error, never by their number. A model group with an unknown
-price reserves no cost (logged once per model, counted in ``unpriced``) and its calls are charged
-what the pricing later knows, nothing when it never does.
+``max_tokens`` (else ``pricing.default_max_output_tokens``) in tokens, and what that costs at the
+dearest price of its model group. Once it ended the reservation is corrected to the real usage and
+cost, but never above the reservation: a request is admitted only when its worst case fits, and is
+charged at most that worst case, so a budget's counter never exceeds its limit. The reservation is
+enforced on the answer too: a stream ends (finish reason ``length``) at the output tokens reserved
+(``ctx.output_cap``, see :mod:`gateway_core.stream_cap`), and a complete answer of an upstream that
+ignored ``max_tokens`` is charged no more than reserved (its usage record keeps the true usage). A
+model group with an unknown price reserves no cost (logged once per model, counted in ``unpriced``)
+and its calls are charged what the pricing later knows, nothing when it never does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from gateway_core import Gateway, GatewayError, Principal, RequestContext, hooki
 from gateway_core.limits import Period, Reservation, Verdict, Window, reached_provider, tokens_used
 from gateway_core.limits.outcome import unmeasured_keeps_reservation
 from gateway_core.pricing import estimate_prompt_tokens, max_output_tokens
+from gateway_core.usage.spent import Owner, Spent
+from plugins.policies.budget_rebuild import Rebuilds, budgets_unavailable
 
 NAME = "budgets"
 log = logging.getLogger("lockgate.policies.budgets")
@@ -100,6 +106,12 @@ class BudgetsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     defaults: Defaults = Field(default_factory=Defaults)
+    rebuild_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a request waits for its counters to be rebuilt from the usage records "
+        "(after their store lost them) before it is refused with 503",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +122,16 @@ class Account:
     label: str
     #: (kind, period, limit): requests and tokens as counts, cost in nano-dollars.
     limits: tuple[tuple[str, Period, int], ...]
+    #: The usage record column and value of the requests that count against it.
+    owner: tuple[Owner, str]
+    #: Whether its counters are rebuilt from the usage records when their store lost them.
+    durable: bool
 
     def windows(self, tokens: int, cost: int) -> list[Window]:
         amounts = {REQUESTS: 1, TOKENS: tokens, COST: cost}
         return [
-            Window(f"{kind}:{period}", limit, period, amounts[kind]) for kind, period, limit in self.limits
+            Window(f"{kind}:{period}", limit, period, amounts[kind], self.durable)
+            for kind, period, limit in self.limits
         ]
 
 
@@ -155,6 +172,9 @@ class Budgets:
         self.unpriced = 0
         self._warned: set[str] = set()
         self._accounts: dict[int, tuple[Principal, list[Account]]] = {}
+        #: Counters are rebuilt from the usage records, when there are records.
+        self.durable = gateway.database is not None and gateway.usage_log is not None
+        self.rebuilds = Rebuilds(gateway, amount_of, options.rebuild_timeout)
 
     # --- accounts ----------------------------------------------------------------------------------
 
@@ -174,33 +194,38 @@ class Budgets:
         given = metadata.get("budgets")
         budgets: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         defaults = self.options.defaults
-        candidates: list[tuple[str, str, Quotas]] = [
+        candidates: list[tuple[str, str, Quotas, tuple[Owner, str]]] = [
             (
                 f"bq:key:{principal.key_id}",
                 f"key '{principal.name or principal.key_id}'",
                 self._quotas(defaults.key, metadata.get("quotas"), budgets.get("key"), principal.key_id),
+                ("key_id", principal.key_id),
             )
         ]
         if principal.user_id is not None:
             quotas = self._quotas(
                 defaults.user, metadata.get("user_quotas"), budgets.get("user"), principal.user_id
             )
-            candidates.append((f"bq:user:{principal.user_id}", f"user '{principal.user_id}'", quotas))
+            label = f"user '{principal.user_id}'"
+            candidates.append((f"bq:user:{principal.user_id}", label, quotas, ("user_id", principal.user_id)))
         if principal.org_id is not None:
             quotas = self._quotas(
                 defaults.org, metadata.get("org_quotas"), budgets.get("org"), principal.org_id
             )
             name = metadata.get("org_name") or principal.org_id
-            candidates.append((f"bq:org:{principal.org_id}", f"organization '{name}'", quotas))
+            label = f"organization '{name}'"
+            candidates.append((f"bq:org:{principal.org_id}", label, quotas, ("org_id", principal.org_id)))
         for ancestor in metadata.get("org_ancestors") or ():
             if not isinstance(ancestor, Mapping) or not ancestor.get("id"):
                 continue
             org_id = str(ancestor["id"])
             quotas = self._quotas(Quotas(), ancestor.get("quotas"), ancestor.get("budget"), org_id)
             label = f"organization '{ancestor.get('name') or org_id}'"
-            candidates.append((f"bq:org:{org_id}", label, quotas))
+            candidates.append((f"bq:org:{org_id}", label, quotas, ("org_id", org_id)))
         return [
-            Account(key, label, limits) for key, label, quotas in candidates if (limits := _limits(quotas))
+            Account(key, label, limits, owner, self.durable)
+            for key, label, quotas, owner in candidates
+            if (limits := _limits(quotas))
         ]
 
     def _quotas(self, default: Quotas, given: Any, budget: Any, owner: str) -> Quotas:
@@ -250,19 +275,40 @@ class Budgets:
             return None
         prompt = estimate_prompt_tokens(ctx.body)
         output = max_output_tokens(ctx.body, self.gateway.config.pricing.default_max_output_tokens)
-        needs_cost = any(kind == COST for account in accounts for kind, _, _ in account.limits)
-        cost = self.worst_cost(ctx, prompt, output) if needs_cost else 0
+        kinds = {kind for account in accounts for kind, _, _ in account.limits}
+        cost = self.worst_cost(ctx, prompt, output) if COST in kinds else 0
+        if (COST in kinds or TOKENS in kinds) and ctx.endpoint == "chat":
+            # The reservation holds only if the answer does: streams end at the output admitted.
+            ctx.output_cap = output if ctx.output_cap is None else min(output, ctx.output_cap)
         held = Held(Reservation(self.counters), prompt + output, cost)
         ctx.state[NAME] = held  # before taking: a request cancelled meanwhile is settled from here
-        taking = held.reservation.take_soon(
-            [(account.key, account.windows(prompt + output, cost)) for account in accounts]
-        )
-        return self._checked(held, taking, accounts)
+        requests = [(account.key, account.windows(prompt + output, cost)) for account in accounts]
+        taking = held.reservation.take_soon(requests)
+        return self._checked(held, taking, accounts, requests)
 
-    async def _checked(self, held: Held, taking: Awaitable[None], accounts: list[Account]) -> None:
+    async def _checked(
+        self,
+        held: Held,
+        taking: Awaitable[None],
+        accounts: list[Account],
+        requests: list[tuple[str, list[Window]]],
+    ) -> None:
         await taking
-        refusal = held.reservation.refusal
+        reservation = held.reservation
+        # A store that lost a counter answers unseeded (nothing taken): rebuild it and take again,
+        # once per account at most.
+        for _ in accounts:
+            refusal = reservation.refusal
+            if refusal is None or not refusal.unseeded:
+                break
+            account = next(account for account in accounts if account.key == refusal.scope)
+            await self.rebuilds.rebuild(*account.owner, refusal)
+            reservation.refusal = None
+            await reservation.take_soon(requests)
+        refusal = reservation.refusal
         if refusal is not None:
+            if refusal.unseeded:
+                raise budgets_unavailable()
             label = next(account.label for account in accounts if account.key == refusal.scope)
             raise exceeded(refusal, label)
 
@@ -272,8 +318,12 @@ class Budgets:
         if held is None:
             return None
         requests = 1 if reached_provider(ctx) else 0
-        tokens = tokens_used(ctx, held.tokens)
+        # A request is charged at most what it reserved, whatever the upstream reports (an upstream
+        # may ignore max_tokens): the usage record keeps the true usage and cost.
+        tokens = min(tokens_used(ctx, held.tokens), held.tokens)
         cost = self.cost_of(ctx, held.cost)
+        if held.cost:  # priced when admitted (an unknown price reserved nothing: charged in full)
+            cost = min(cost, held.cost)
         used = {REQUESTS: requests, TOKENS: tokens, COST: cost}
         return held.reservation.settle_soon(lambda window: used[window.name.partition(":")[0]])
 
@@ -289,6 +339,14 @@ class Budgets:
         if reached_provider(ctx) and unmeasured_keeps_reservation(ctx):
             return reserved
         return 0
+
+
+def amount_of(window: Window, total: Spent) -> int:
+    """What a window of a budget counts of the usage records' totals."""
+    kind = window.name.partition(":")[0]
+    if kind == COST:
+        return _nano(total.cost)
+    return total.tokens if kind == TOKENS else total.requests
 
 
 # --- answers ---------------------------------------------------------------------------------------

@@ -144,6 +144,8 @@ async def budget_charged(name: str, url: str = REDIS_URL) -> int:
     total = 0
     async with redis_client(url) as client:
         async for key in client.scan_iter(match=pattern, count=1000):
+            if (key.decode() if isinstance(key, bytes) else str(key)).endswith(":since"):
+                continue  # the counter's marker (since when it counted everything), not a count
             value = await client.get(key)
             total += int(value or 0)
     return total

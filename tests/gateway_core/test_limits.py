@@ -203,6 +203,50 @@ async def test_settling_after_midnight_corrects_the_day_of_the_reservation(store
     assert (await store.take("key:k", [Window("tokens:day", 10, Period.DAY, amount=7)])).allowed
 
 
+# --- durable calendar windows (budgets rebuilt from the usage records) ----------------------------------
+
+
+async def _seed(store: Any, scope: str, window: Window, amount: int, at: float) -> bool:
+    if isinstance(store, MemoryCounters):
+        return store.seed_now(scope, window, amount, at)
+    return bool(int(await store.seed_soon(scope, window, amount, at)))
+
+
+async def test_a_durable_counter_its_store_never_had_is_seeded_once(store: Any, clock: Clock) -> None:
+    month = Window("cost:month", 100, Period.MONTH, amount=10, durable=True)
+    unseeded = await store.take("key:d", [month])
+    assert not unseeded.allowed and unseeded.unseeded
+    assert await _seed(store, "key:d", month, 40, unseeded.at)
+    assert not await _seed(store, "key:d", month, 70, unseeded.at)  # another replica was first
+    taken = await store.take("key:d", [month])
+    assert taken.allowed and not taken.unseeded and taken.used["cost:month"] == 50
+
+
+async def test_the_first_take_of_a_new_period_needs_no_seed(store: Any, clock: Clock) -> None:
+    daily = Window("tokens:day", 100, Period.DAY, amount=10, durable=True)
+    first = await store.take("key:e", [daily])
+    assert first.unseeded
+    await _seed(store, "key:e", daily, 30, first.at)
+    assert (await store.take("key:e", [daily])).used["tokens:day"] == 40
+    clock.advance(61)  # the next day: the store counted the day before, so it counts this one
+    next_day = await store.take("key:e", [daily])
+    assert next_day.allowed and next_day.used["tokens:day"] == 10
+    clock.advance(86400 * 2)  # a day skipped: nothing tells the store counted it
+    assert (await store.take("key:e", [daily])).unseeded
+
+
+async def test_settlements_of_takes_made_before_the_seed_are_dropped(store: Any, clock: Clock) -> None:
+    total = Window("cost:total", 100, Period.TOTAL, amount=10, durable=True)
+    before = clock.now - 1  # a take made before the store lost its counters
+    await _seed(store, "key:f", total, 20, clock.now)
+    clock.advance(1)
+    taken = await store.take("key:f", [total])
+    await store.adjust("key:f", total, -10, before)  # its reservation is not in the seed: ignored
+    assert (await store.take("key:f", [Window("cost:total", 100, Period.TOTAL, 0)])).used["cost:total"] == 30
+    await store.adjust("key:f", total, -6, taken.at)
+    assert (await store.take("key:f", [Window("cost:total", 100, Period.TOTAL, 0)])).used["cost:total"] == 24
+
+
 def test_period_bounds_in_utc() -> None:
     december = datetime(2026, 12, 31, 18, 30, tzinfo=UTC).timestamp()
     assert period_bounds(Period.MONTH, december) == ("2026-12", datetime(2027, 1, 1, tzinfo=UTC).timestamp())

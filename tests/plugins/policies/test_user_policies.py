@@ -120,10 +120,12 @@ def test_new_user_metadata_applies_to_cached_keys_at_once(gateway: tuple[Gateway
     for _ in range(3):  # no limit yet; the key is cached by the gateway from the first request
         assert "x-ratelimit-limit-requests" not in chat(server, key)
 
-    admin.set_metadata(user, {"quotas": {"requests": {"total": 1}}})
+    # A new quota counts what was used before it was set (from the usage records): one more request.
+    admin.set_metadata(user, {"quotas": {"requests": {"total": 4}}})
     chat(server, key)
     error = refusal(server, key)
     assert error.response.json()["error"]["code"] == "quota_exceeded"
+    assert "Limit 4, Used 4" in error.response.json()["error"]["message"]
 
     admin.set_metadata(user, {})  # lifted again
     chat(server, key)
@@ -140,7 +142,7 @@ def test_a_parent_organizations_new_quota_applies_to_cached_keys_below_it_at_onc
     key = created.json()["secret"]
     chat(server, key)  # cached by the gateway, with no quota yet
 
-    quota = {"metadata": {"quotas": {"requests": {"total": 1}}}}
+    quota = {"metadata": {"quotas": {"requests": {"total": 2}}}}  # the request made before counts
     assert admin.http.patch(f"/organizations/{root}", json=quota).status_code == 200
     chat(server, key)
     error = refusal(server, key)
