@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
 from gateway_core.gateway import Gateway
+from gateway_core.json_depth import DEFAULT_MAX_DEPTH, nests_deeper_than
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
@@ -122,19 +123,31 @@ async def discard_body(receive: Receive, limit: int) -> bool:
     return True
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+    """The JSON object of a request body; 400 when it is not one or nests deeper than ``max_depth``."""
     if not raw:
         raise bad_request("The request body is empty: send a JSON object.")
     try:
         data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):  # orjson's own limit, far above ours
+            raise _too_deep(max_depth) from None
         raise bad_request(
             "We could not parse the JSON body of your request. The API expects a JSON payload, "
             "but what was sent was not valid JSON."
         ) from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
+    if len(raw) > 2 * max_depth and nests_deeper_than(data, max_depth):
+        raise _too_deep(max_depth)
     return data
+
+
+def _too_deep(limit: int) -> GatewayError:
+    return bad_request(
+        f"The JSON body of your request nests deeper than the limit of {limit} levels.",
+        code="json_too_deep",
+    )
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -397,7 +410,9 @@ class ModelEndpoint:
         self.gateway = gateway
         self.endpoint: Endpoint = endpoint
         self.wire = wire
-        self.limit = gateway.config.server.max_body_bytes
+        server = gateway.config.server
+        self.limit = server.max_body_bytes
+        self.max_depth = server.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request id middleware leaves these responses to the endpoint, which adds the header itself.
@@ -417,7 +432,7 @@ class ModelEndpoint:
             await gateway.authenticate(ctx, credential_from(headers))
             raw = await read_body(receive, headers, self.limit)
             body_read = True
-            client_body = parse_json_object(raw)
+            client_body = parse_json_object(raw, self.max_depth)
             decoded = wire.decode(self.endpoint, client_body)
             body = ctx.body = decoded.body
             ctx.model, ctx.stream = decoded.model, decoded.stream

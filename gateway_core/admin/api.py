@@ -262,7 +262,7 @@ def endpoint(api: AdminApi, op: Operation) -> Callable[[Request], Awaitable[Resp
             if op.body is not None:
                 raw = await read_body(request.receive, request.headers, api.body_limit)
                 body_read = True
-                data = parse_json_object(raw)
+                data = parse_json_object(raw, api.max_json_depth)
                 _reject_nul(data, "")
                 try:
                     body = op.body.model_validate(data)

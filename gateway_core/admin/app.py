@@ -71,6 +71,7 @@ class AdminApi:
         self.gateway = gateway
         config = gateway.config
         self.body_limit = config.server.max_body_bytes
+        self.max_json_depth = config.server.max_json_depth
         self.limiter = auth.LoginLimiter()
         self.password_slots = asyncio.Semaphore(PASSWORD_SLOTS)
         self._spec: bytes | None = None
