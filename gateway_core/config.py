@@ -253,6 +253,15 @@ class ServerConfig(_Strict):
         description="deepest nesting of a request's JSON body; deeper ones get 400",
     )
     keep_alive_timeout: float = Field(75.0, gt=0)
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds for the request line and headers to arrive (408 and close)"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds for a request body to arrive, plus 1 s per `body_min_rate` bytes"
+    )
+    body_min_rate: int = Field(
+        16 * 1024, ge=0, description="bytes per second a body may arrive at without ever timing out"
+    )
     graceful_timeout: float = Field(30.0, ge=0)
     access_log: bool = False
 

@@ -26,12 +26,15 @@ from gateway_core.json_depth import DEFAULT_MAX_DEPTH, nests_deeper_than
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
+from gateway_core.slow_clients import BodyPace
 from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
 
 log = logging.getLogger("lockgate.pipeline")
 
 REQUEST_ID_KEY = "lockgate.request_id"
 CLIENT_CLOSED = 499
+#: The status of a request whose body arrived too slowly; the connection is closed after it.
+REQUEST_TIMEOUT = 408
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _STREAM_HEADERS = [
@@ -56,8 +59,9 @@ def credential_from(headers: Headers) -> str | None:
     return headers.get("x-api-key") or None
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """Read the whole request body, refusing more than ``limit`` bytes with 413."""
+async def read_body(receive: Receive, headers: Headers, limit: int, pace: BodyPace | None = None) -> bytes:
+    """Read the whole request body, refusing more than ``limit`` bytes with 413, and with 408 a body
+    that arrives more slowly than ``pace`` allows."""
     content_type = headers.get("content-type")
     if content_type:
         media = content_type.partition(";")[0].strip().lower()
@@ -70,27 +74,43 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected
-    if not message.get("more_body", False):  # the usual case: the whole body in one message
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    chunks = [message.get("body", b"")]
-    size = len(chunks[0])
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    started = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout_at(started + pace.timeout if pace is not None else None) as deadline:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            if not message.get("more_body", False):  # the usual case: the whole body in one message
+                body: bytes = message.get("body", b"")
+                if len(body) > limit:
+                    raise _too_large(limit)
+                return body
+            chunks = [message.get("body", b"")]
+            size = len(chunks[0])
+            while True:
+                if pace is not None and pace.min_rate:
+                    deadline.reschedule(pace.deadline(started, size))
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        if pace is None:
+            raise
+    # Raised outside the handler, so that nothing takes the timeout for a failure of the server's own.
+    assert pace is not None  # without a pace there is no deadline
+    raise GatewayError(
+        REQUEST_TIMEOUT,
+        f"The request body arrived too slowly: it must arrive within {pace.describe()}.",
+        code="request_timeout",
+        headers={"Connection": "close"},
+    )
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -412,6 +432,7 @@ class ModelEndpoint:
         self.wire = wire
         server = gateway.config.server
         self.limit = server.max_body_bytes
+        self.pace = BodyPace.of(server)
         self.max_depth = server.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -430,7 +451,7 @@ class ModelEndpoint:
         body_read = False
         try:
             await gateway.authenticate(ctx, credential_from(headers))
-            raw = await read_body(receive, headers, self.limit)
+            raw = await read_body(receive, headers, self.limit, self.pace)
             body_read = True
             client_body = parse_json_object(raw, self.max_depth)
             decoded = wire.decode(self.endpoint, client_body)
@@ -475,7 +496,7 @@ class ModelEndpoint:
                 await self._relay(ctx, result, send, settle, id_header)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
-            if body_read or await self._drain(receive, headers):
+            if body_read or error.status == REQUEST_TIMEOUT or await self._drain(receive, headers):
                 extra = _context_headers(ctx)
                 if ctx.deployment is not None:
                     extra.append((b"x-lockgate-deployment", ctx.deployment.header_value))

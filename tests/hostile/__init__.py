@@ -1,4 +1,5 @@
-"""Hostile input meets a clear 4xx, never a 500: JSON nested too deep.
+"""Hostile input meets a clear 4xx, never a 500 or a connection held open: JSON nested too deep,
+clients sending their request byte by byte.
 
-Everything goes through hypercorn on a real socket.
+Everything goes through hypercorn on a real socket; slow clients on raw sockets.
 """

@@ -11,6 +11,14 @@ import httpx
 from tests.fakes import FakeOpenAI
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.one_call import one_call
+from tests.raw_http import RawResponse
+
+#: Short deadlines, so that a test waits for them a second at most.
+HEADER_TIMEOUT = 0.5
+BODY_TIMEOUT = 0.5
+BODY_MIN_RATE = 20_000
+#: How much later than its deadline a cut-off may come on a loaded machine.
+SLACK = 1.5
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -28,6 +36,9 @@ def hostile_config(upstreams: Upstreams, database: Path, **server: Any) -> dict[
     return one_call(
         {
             "server": {
+                "header_timeout": HEADER_TIMEOUT,
+                "body_timeout": BODY_TIMEOUT,
+                "body_min_rate": BODY_MIN_RATE,
                 "graceful_timeout": 2,
                 **server,
             },
@@ -52,7 +63,7 @@ def hostile_config(upstreams: Upstreams, database: Path, **server: Any) -> dict[
     )
 
 
-def error_of(path: str, response: httpx.Response) -> dict[str, Any]:
+def error_of(path: str, response: httpx.Response | RawResponse) -> dict[str, Any]:
     """The error object of an answer, after checking it has the shape of the route's dialect."""
     body = response.json()
     if path.startswith("/v1/messages"):
