@@ -4,12 +4,17 @@ client's dialect); a body sent slowly but steadily is still served."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import httpx
 import orjson
 import pytest
+import yaml
 
-from gateway_core.testing import GatewayServer
+from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer, free_port
 from tests.hostile.servers import BODY_MIN_RATE, BODY_TIMEOUT, HEADER_TIMEOUT, HELLO, SLACK, error_of
 from tests.raw_http import RawConnection, trickle
 
@@ -128,3 +133,57 @@ def test_a_large_body_sent_slowly_but_steadily_is_served(gateway: GatewayServer)
         assert not connection.closed
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lockgate_serve_cuts_off_slow_headers_and_bodies(tmp_path: Path, workers: int) -> None:
+    """The deadlines hold as ``lockgate serve`` runs: uvloop, and worker processes of their own."""
+    port = free_port()
+    config = {
+        "server": {
+            "port": port,
+            "workers": workers,
+            "header_timeout": HEADER_TIMEOUT,
+            "body_timeout": BODY_TIMEOUT,
+        },
+        "models": {"mock-echo": {"deployments": [{"provider": "mock"}]}},
+        "plugins": {"config_keys": {"keys": [{"name": "test", "key": DEFAULT_TEST_KEY}]}},
+    }
+    path = tmp_path / "lockgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    script = Path(sys.executable).parent / "lockgate"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway_core.cli"]
+    process = subprocess.Popen([*command, "serve", "--config", str(path)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(port) and time.monotonic() < deadline:
+            assert process.poll() is None, "lockgate serve ended"
+            time.sleep(0.1)
+        body = orjson.dumps({"model": "mock-echo", "messages": HELLO})
+        request = chat_request(port, DEFAULT_TEST_KEY, body=body)
+        head = request[: request.index(b"\r\n\r\n") + 4]
+        slow_headers = [RawConnection(port) for _ in range(4)]
+        slow_bodies = [RawConnection(port) for _ in range(4)]
+        try:
+            for connection in slow_bodies:
+                connection.send(head)
+            trickle(
+                slow_headers + slow_bodies, request, every=0.05, seconds=HEADER_TIMEOUT + BODY_TIMEOUT + 5
+            )
+            for connection in slow_headers + slow_bodies:
+                assert connection.wait_closed(1)
+                assert connection.response().status == 408
+            assert slow_bodies[0].response().json()["error"]["code"] == "request_timeout"
+        finally:
+            for connection in slow_headers + slow_bodies:
+                connection.close()
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
