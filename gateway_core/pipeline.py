@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
 from gateway_core.gateway import Gateway
-from gateway_core.json_depth import DEFAULT_MAX_DEPTH, nests_deeper_than
+from gateway_core.json_depth import DEFAULT_MAX_DEPTH, json_too_deep
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
@@ -158,7 +158,7 @@ def parse_json_object(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[st
         ) from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
-    if len(raw) > 2 * max_depth and nests_deeper_than(data, max_depth):
+    if json_too_deep(raw, data, max_depth):
         raise _too_deep(max_depth)
     return data
 
