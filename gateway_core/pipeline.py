@@ -33,7 +33,7 @@ log = logging.getLogger("lockgate.pipeline")
 
 REQUEST_ID_KEY = "lockgate.request_id"
 CLIENT_CLOSED = 499
-#: The status of a request whose body arrived too slowly; the connection is closed after it.
+#: The status of a request whose body arrived too slowly.
 REQUEST_TIMEOUT = 408
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -105,11 +105,12 @@ async def read_body(receive: Receive, headers: Headers, limit: int, pace: BodyPa
             raise
     # Raised outside the handler, so that nothing takes the timeout for a failure of the server's own.
     assert pace is not None  # without a pace there is no deadline
+    # The server closes the connection after the answer, as the request was not read to its end
+    # (a ``Connection`` header would be refused on HTTP/2).
     raise GatewayError(
         REQUEST_TIMEOUT,
         f"The request body arrived too slowly: it must arrive within {pace.describe()}.",
         code="request_timeout",
-        headers={"Connection": "close"},
     )
 
 
