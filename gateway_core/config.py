@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from gateway_core.errors import ConfigError
+from gateway_core.json_depth import DEFAULT_MAX_DEPTH, HIGHEST_MAX_DEPTH
 
 log = logging.getLogger("lockgate.config")
 
@@ -245,7 +246,22 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_json_depth: int = Field(
+        DEFAULT_MAX_DEPTH,
+        ge=1,
+        le=HIGHEST_MAX_DEPTH,
+        description="deepest nesting of a request's JSON body; deeper ones get 400",
+    )
     keep_alive_timeout: float = Field(75.0, gt=0)
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds for the request line and headers to arrive (408 and close)"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds for a request body to arrive, plus 1 s per `body_min_rate` bytes"
+    )
+    body_min_rate: int = Field(
+        16 * 1024, ge=0, description="bytes per second a body may arrive at without ever timing out"
+    )
     graceful_timeout: float = Field(30.0, ge=0)
     access_log: bool = False
 

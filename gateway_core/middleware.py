@@ -16,9 +16,33 @@ log = logging.getLogger("lockgate")
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def ambiguous_framing(scope: Scope) -> str | None:
+    """What makes the body framing of a request ambiguous, or None when it is not.
+
+    RFC 9112 section 6.1: a request with both ``Transfer-Encoding`` and ``Content-Length``, or with
+    ``Transfer-Encoding`` in HTTP/1.0, may be read differently by a proxy in front (request
+    smuggling). The HTTP parser already refuses conflicting ``Content-Length`` values (400) and any
+    transfer coding other than ``chunked`` (501).
+    """
+    transfer_encoding = content_length = False
+    for name, _ in scope["headers"]:
+        if name == b"transfer-encoding":
+            transfer_encoding = True
+        elif name == b"content-length":
+            content_length = True
+    if not transfer_encoding:
+        return None
+    if content_length:
+        return "both Transfer-Encoding and Content-Length"
+    if scope.get("http_version") == "1.0":
+        return "Transfer-Encoding in HTTP/1.0"
+    return None
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the client's ``x-request-id`` when it is a safe token) and puts it
-    on every response; turns an unexpected exception into an OpenAI-shaped 500 without details."""
+    on every response; refuses a request whose body framing is ambiguous with 400 (and closes the
+    connection); turns an unexpected exception into an OpenAI-shaped 500 without details."""
 
     def __init__(self, app: ASGIApp, self_tagging: frozenset[str] = frozenset()) -> None:
         self.app = app
@@ -37,6 +61,18 @@ class RequestIdMiddleware:
         if not request_id:
             request_id = b"req_" + os.urandom(16).hex().encode()
         scope[REQUEST_ID_KEY] = request_id.decode()
+        framing = ambiguous_framing(scope)
+        if framing is not None:
+            from gateway_core.app import wire_for
+
+            error = GatewayError(
+                400,
+                f"The request has {framing}: its body framing is ambiguous (RFC 9112, section 6.1).",
+                code="ambiguous_framing",
+                headers={"Connection": "close"},
+            )
+            await send_error(send, error, wire_for(scope["path"]), request_id)
+            return
         if scope["path"] in self.self_tagging:
             await self.app(scope, receive, send)
             return

@@ -23,9 +23,11 @@ from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.errors import GatewayError, bad_request, upstream_error
 from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
+from gateway_core.json_depth import DEFAULT_MAX_DEPTH, json_too_deep
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
+from gateway_core.slow_clients import BodyPace
 from gateway_core.stream_cap import cap_stream
 from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
 
@@ -33,6 +35,8 @@ log = logging.getLogger("lockgate.pipeline")
 
 REQUEST_ID_KEY = "lockgate.request_id"
 CLIENT_CLOSED = 499
+#: The status of a request whose body arrived too slowly.
+REQUEST_TIMEOUT = 408
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _STREAM_HEADERS = [
@@ -57,8 +61,9 @@ def credential_from(headers: Headers) -> str | None:
     return headers.get("x-api-key") or None
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
-    """Read the whole request body, refusing more than ``limit`` bytes with 413."""
+async def read_body(receive: Receive, headers: Headers, limit: int, pace: BodyPace | None = None) -> bytes:
+    """Read the whole request body, refusing more than ``limit`` bytes with 413, and with 408 a body
+    that arrives more slowly than ``pace`` allows."""
     content_type = headers.get("content-type")
     if content_type:
         media = content_type.partition(";")[0].strip().lower()
@@ -71,27 +76,44 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected
-    if not message.get("more_body", False):  # the usual case: the whole body in one message
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    chunks = [message.get("body", b"")]
-    size = len(chunks[0])
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    started = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout_at(started + pace.timeout if pace is not None else None) as deadline:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            if not message.get("more_body", False):  # the usual case: the whole body in one message
+                body: bytes = message.get("body", b"")
+                if len(body) > limit:
+                    raise _too_large(limit)
+                return body
+            chunks = [message.get("body", b"")]
+            size = len(chunks[0])
+            while True:
+                if pace is not None and pace.min_rate:
+                    deadline.reschedule(pace.deadline(started, size))
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        if pace is None:
+            raise
+    # Raised outside the handler, so that nothing takes the timeout for a failure of the server's own.
+    assert pace is not None  # without a pace there is no deadline
+    # The server closes the connection after the answer, as the request was not read to its end
+    # (a ``Connection`` header would be refused on HTTP/2).
+    raise GatewayError(
+        REQUEST_TIMEOUT,
+        f"The request body arrived too slowly: it must arrive within {pace.describe()}.",
+        code="request_timeout",
+    )
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -124,19 +146,31 @@ async def discard_body(receive: Receive, limit: int) -> bool:
     return True
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+    """The JSON object of a request body; 400 when it is not one or nests deeper than ``max_depth``."""
     if not raw:
         raise bad_request("The request body is empty: send a JSON object.")
     try:
         data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):  # orjson's own limit, far above ours
+            raise _too_deep(max_depth) from None
         raise bad_request(
             "We could not parse the JSON body of your request. The API expects a JSON payload, "
             "but what was sent was not valid JSON."
         ) from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
+    if json_too_deep(raw, data, max_depth):
+        raise _too_deep(max_depth)
     return data
+
+
+def _too_deep(limit: int) -> GatewayError:
+    return bad_request(
+        f"The JSON body of your request nests deeper than the limit of {limit} levels.",
+        code="json_too_deep",
+    )
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -404,7 +438,10 @@ class ModelEndpoint:
         self.gateway = gateway
         self.endpoint: Endpoint = endpoint
         self.wire = wire
-        self.limit = gateway.config.server.max_body_bytes
+        server = gateway.config.server
+        self.limit = server.max_body_bytes
+        self.pace = BodyPace.of(server)
+        self.max_depth = server.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request id middleware leaves these responses to the endpoint, which adds the header itself.
@@ -422,9 +459,9 @@ class ModelEndpoint:
         body_read = False
         try:
             await gateway.authenticate(ctx, credential_from(headers))
-            raw = await read_body(receive, headers, self.limit)
+            raw = await read_body(receive, headers, self.limit, self.pace)
             body_read = True
-            client_body = parse_json_object(raw)
+            client_body = parse_json_object(raw, self.max_depth)
             decoded = wire.decode(self.endpoint, client_body)
             body = ctx.body = decoded.body
             ctx.model, ctx.stream = decoded.model, decoded.stream
@@ -468,7 +505,7 @@ class ModelEndpoint:
                 await self._relay(ctx, result, send, settle, id_header, watch)
         except GatewayError as error:
             _finish(ctx, error.status, error, None, settle)
-            if body_read or await self._drain(receive, headers):
+            if body_read or error.status == REQUEST_TIMEOUT or await self._drain(receive, headers):
                 extra = _context_headers(ctx)
                 if ctx.deployment is not None:
                     extra.append((b"x-lockgate-deployment", ctx.deployment.header_value))

@@ -9,10 +9,9 @@ import os
 import signal
 from typing import Any
 
-from hypercorn.config import Config as HypercornConfig
-
 from gateway_core.config import GatewayConfig, load_config
 from gateway_core.logs import configure_logging
+from gateway_core.slow_clients import GatewayHypercornConfig, install_header_deadlines
 
 CONFIG_ENV = "LOCKGATE_CONFIG"
 DEFAULT_CONFIG = "conf/lockgate.yaml"
@@ -24,12 +23,14 @@ def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
 
 
-def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
+def hypercorn_config(config: GatewayConfig) -> GatewayHypercornConfig:
     server = config.server
-    hc = HypercornConfig()
+    install_header_deadlines()  # what serves the connections of this configuration in this process
+    hc = GatewayHypercornConfig()
     hc.bind = [f"{server.host}:{server.port}"]
     hc.workers = server.workers
     hc.keep_alive_timeout = server.keep_alive_timeout
+    hc.header_timeout = server.header_timeout
     hc.graceful_timeout = server.graceful_timeout
     hc.accesslog = logging.getLogger("hypercorn.access") if server.access_log else None
     hc.errorlog = logging.getLogger("hypercorn.error")
@@ -55,6 +56,7 @@ def app_from_env() -> Any:
 
     config = load_config(config_path())
     configure_logging(config.logging)
+    install_header_deadlines()
     return create_app(config, freeze_gc=True)
 
 

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from tortoise.exceptions import IntegrityError
 
 from gateway_core.errors import GatewayError, bad_request
-from gateway_core.pipeline import discard_body, parse_json_object, read_body
+from gateway_core.pipeline import REQUEST_TIMEOUT, discard_body, parse_json_object, read_body
 from gateway_core.store import models
 from gateway_core.store.keys import notify_keys_changed
 from gateway_core.store.models import Role
@@ -260,16 +260,16 @@ def endpoint(api: AdminApi, op: Operation) -> Callable[[Request], Awaitable[Resp
             query = _parse_query(op.query, request.query_params) if op.query is not None else None
             body = None
             if op.body is not None:
-                raw = await read_body(request.receive, request.headers, api.body_limit)
+                raw = await read_body(request.receive, request.headers, api.body_limit, api.body_pace)
                 body_read = True
-                data = parse_json_object(raw)
+                data = parse_json_object(raw, api.max_json_depth)
                 _reject_nul(data, "")
                 try:
                     body = op.body.model_validate(data)
                 except ValidationError as exc:
                     raise invalid(exc, "request body") from None
-        except GatewayError:
-            if not body_read and request.method in _BODY_METHODS:
+        except GatewayError as error:
+            if not body_read and error.status != REQUEST_TIMEOUT and request.method in _BODY_METHODS:
                 await discard_body(request.receive, max(api.body_limit, 1 << 20))
             raise
         call = Call(api, request, caller, body, query)

@@ -37,6 +37,7 @@ from gateway_core.admin.api import Caller, Operation, endpoint
 from gateway_core.admin.openapi import PREFIX, build_spec
 from gateway_core.admin.tokens import TokenService, invalid_token, missing_token
 from gateway_core.errors import ConfigError, GatewayError
+from gateway_core.slow_clients import BodyPace
 from gateway_core.store import models
 from gateway_core.store.database import DatabaseUnavailable, is_outage
 
@@ -71,6 +72,8 @@ class AdminApi:
         self.gateway = gateway
         config = gateway.config
         self.body_limit = config.server.max_body_bytes
+        self.body_pace = BodyPace.of(config.server)
+        self.max_json_depth = config.server.max_json_depth
         self.limiter = auth.LoginLimiter()
         self.password_slots = asyncio.Semaphore(PASSWORD_SLOTS)
         self._spec: bytes | None = None

@@ -58,6 +58,7 @@ import orjson
 
 from gateway_core.errors import GatewayError, upstream_error
 from gateway_core.http import error_from_upstream
+from gateway_core.json_depth import loads_embedded
 from gateway_core.types import Usage
 
 __all__ = [
@@ -466,7 +467,11 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
         parsed: Any = {}
     else:
         try:
-            parsed = orjson.loads(arguments) if isinstance(arguments, str | bytes) else None
+            parsed = (
+                loads_embedded(arguments, f"{where}.function.arguments")
+                if isinstance(arguments, str | bytes)
+                else None
+            )
         except orjson.JSONDecodeError:
             parsed = None
     if not isinstance(parsed, dict):

@@ -47,6 +47,7 @@ import orjson
 
 from gateway_core.embeddings import embeddings_answer
 from gateway_core.errors import GatewayError, bad_request, upstream_error
+from gateway_core.json_depth import HIGHEST_MAX_DEPTH, loads_embedded, nests_deeper_than
 from gateway_core.types import Usage
 
 __all__ = [
@@ -400,7 +401,7 @@ def _arguments(arguments: Any, where: str) -> dict[str, Any]:
     if isinstance(arguments, dict):
         return arguments
     try:
-        parsed = orjson.loads(arguments) if isinstance(arguments, str | bytes) else None
+        parsed = loads_embedded(arguments, where) if isinstance(arguments, str | bytes) else None
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -415,7 +416,7 @@ def _tool_response(result: str) -> dict[str, Any]:
             parsed = orjson.loads(result)
         except orjson.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict):
+        if isinstance(parsed, dict) and not nests_deeper_than(parsed, HIGHEST_MAX_DEPTH):
             return parsed
     return {"output": result}
 
