@@ -14,7 +14,7 @@ DEV_LOCK := requirements-dev.lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet 'pip==26.3'
 
 # A changed lock file (or pyproject.toml, for the entry points) reinstalls.
 $(STAMP): $(BIN)/python $(DEV_LOCK) pyproject.toml
@@ -48,8 +48,11 @@ run: $(STAMP) var/dev-key var/jwt-secret
 export LOCKGATE_TEST_POSTGRES_DSN ?= postgres://postgres@127.0.0.1:5432/test
 export LOCKGATE_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
+# pytest's exit code 5 (no test collected) means a broken suite, not a passing one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@status=0; $(BIN)/python -m pytest -q || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no test: the suite is broken" >&2; exit 1; fi; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
