@@ -100,6 +100,11 @@ class SSEFramer:
         self._buffer = buffer[end + 2 :]
         return [event for event in buffer[:end].split(b"\n\n") if event]
 
+    @property
+    def pending(self) -> bool:
+        """Whether the start of an event is waiting for its end."""
+        return bool(self._buffer)
+
     def rest(self) -> bytes:
         """What is left once the stream is over: an event the upstream did not finish, or b""."""
         rest, self._buffer = self._buffer.strip(b"\n"), b""
@@ -216,25 +221,17 @@ class SSEParser:
     Comments, ``id:`` and ``retry:`` are skipped.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_framer",)
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._framer = SSEFramer()
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return []
-        self._buffer = buffer[end + 2 :]
-        return [parsed for block in buffer[:end].split(b"\n\n") if (parsed := _parse_block(block))]
+        return [parsed for block in self._framer.feed(chunk) if (parsed := _parse_block(block))]
 
     def flush(self) -> list[tuple[str | None, str]]:
         """The last event when the stream ended without a blank line."""
-        block, self._buffer = self._buffer.strip(b"\n"), b""
+        block = self._framer.rest()
         parsed = _parse_block(block) if block else None
         return [parsed] if parsed else []
 

@@ -31,6 +31,7 @@ import orjson
 from gateway_core.errors import GatewayError
 from gateway_core.pricing import estimate_prompt_tokens
 from gateway_core.providers import ChatStream
+from gateway_core.sse import SSEFramer
 from gateway_core.types import RequestContext, Usage
 
 #: An OpenAI chunk event that carries output: a non-empty text, refusal, arguments or reasoning.
@@ -105,35 +106,25 @@ class CappedStream(ChatStream):
         anthropic = self.dialect == "anthropic"
         pattern = _ANTHROPIC_OUTPUT if anthropic else _OPENAI_OUTPUT
         items = self.inner.__aiter__()
-        buffer = b""  # the start of an event whose end has not come yet (streams forwarded raw)
+        framer = SSEFramer()  # holds the start of an event whose end has not come yet (raw streams)
         try:
             async for data in items:
-                if not buffer and data.endswith(b"\n\n") and pattern.search(data) is None:
+                if not framer.pending and data.endswith(b"\n\n") and pattern.search(data) is None:
                     yield data  # whole events without output
                     continue
-                buffer += data
-                if b"\r" in buffer:
-                    buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                end = buffer.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
-                if pattern.search(complete) is None:
-                    yield complete
-                    continue
                 kept: list[bytes] = []
-                for event in complete.split(b"\n\n"):
-                    if not event.strip():
-                        continue
+                for event in framer.feed(data):
                     if self._over(pattern.search(event) is not None):
                         if kept:
                             yield b"\n\n".join(kept) + b"\n\n"
                         yield self._anthropic_end(event) if anthropic else self._openai_end(event)
                         return
                     kept.append(event)
-                yield complete
-            if buffer:
-                yield buffer
+                if kept:
+                    yield b"\n\n".join(kept) + b"\n\n"
+            rest = framer.rest()
+            if rest:
+                yield rest
         finally:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
