@@ -20,10 +20,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway_core.address_guard import AddressGuard
 from gateway_core.admin import schemas
 from gateway_core.admin.api import Call, Operation, fetch_page, not_found, unprocessable
 from gateway_core.config import DeploymentConfig
-from gateway_core.errors import ConfigError
+from gateway_core.errors import ConfigError, bad_request
 from gateway_core.routing import build_deployment
 from gateway_core.store import models
 from gateway_core.store.deployments import (
@@ -171,6 +172,19 @@ def _config_error_param(message: str) -> str | None:
     return param
 
 
+def _check_addresses(guard: AddressGuard | None, config: DeploymentConfig) -> None:
+    """A 400 naming the URL field whose host is an address the deployment may not reach (a loopback,
+    private, link-local or metadata address; see :mod:`gateway_core.address_guard`)."""
+    if guard is None:
+        return
+    urls = [("base_url", config.base_url), ("proxy", config.proxy)]
+    urls += [(f"proxies[{index}]", proxy) for index, proxy in enumerate(config.proxies)]
+    for name, url in urls:
+        problem = guard.url_problem(url) if url else None
+        if problem is not None:
+            raise bad_request(f"{name}: {problem}", param=name, code="invalid_value")
+
+
 def check_record(call: Call, record: models.DeploymentRecord) -> None:
     """Build the record's deployment the way the gateway will when it loads it; 400 naming the field
     when it cannot be served (unknown provider, invalid options or settings, provider refusing it)."""
@@ -179,6 +193,7 @@ def check_record(call: Call, record: models.DeploymentRecord) -> None:
         config = deployment_config(record, _secret_box(call))
     except InvalidRecord as exc:
         raise unprocessable(f"Invalid deployment: {exc}", param=exc.param) from None
+    _check_addresses(gateway.record_http.guard, config)
     if config.provider not in gateway.providers:
         known = ", ".join(sorted(gateway.providers)) or "none"
         raise unprocessable(
@@ -187,7 +202,7 @@ def check_record(call: Call, record: models.DeploymentRecord) -> None:
     configured = getattr(gateway, "_config_models", gateway.models).get(record.model_name)
     group_name = configured.name if configured is not None else record.model_name
     try:
-        build_deployment(config, group_name, str(config.id), gateway.providers, gateway.http)
+        build_deployment(config, group_name, str(config.id), gateway.providers, gateway.record_http)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         param = (

@@ -290,8 +290,10 @@ class Timeouts(_Body):
     total: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
 
 
+#: An upstream or proxy URL: http or https only (no file://, gopher:// ...).
 _URL = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=1000)
+    str,
+    StringConstraints(pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]", max_length=1000),
 ]
 _Headers = Annotated[
     dict[
