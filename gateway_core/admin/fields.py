@@ -5,6 +5,7 @@
 - :data:`Timestamp`: an ISO 8601 date-time string (UTC when it names no zone), never a number.
 - :data:`WHOLE`: put last in an ``int``'s ``Annotated``: a number with no fraction (``3.0``) is an
   integer too, as JSON Schema says.
+- :data:`JsonObject`: a free-form object; integers beyond 64 bits become floats, as orjson reads them.
 - :data:`NONBLANK`: the pattern of a name that must not be blank once trimmed.
 - :func:`keep`: a field of an update body that may be left out (keeping its value) but not set to ``null``.
 """
@@ -42,19 +43,18 @@ NONBLANK = r"[^\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3
 
 
 def _json_numbers(value: Any) -> Any:
-    """Refuse integers that JSON columns cannot store (beyond 64 bits), anywhere in a JSON value."""
+    """A JSON value with its integers beyond 64 bits as floats: what JSON columns store, and how the
+    gateway's JSON parser (orjson) reads such numbers anyway."""
     if isinstance(value, dict):
-        for item in value.values():
-            _json_numbers(item)
-    elif isinstance(value, list):
-        for item in value:
-            _json_numbers(item)
-    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        raise ValueError("integers must fit in 64 bits")
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return float(value)
     return value
 
 
-#: A free-form JSON object, stored as it is.
+#: A free-form JSON object, stored as it is (integers beyond 64 bits become floats).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_numbers)]
 
 

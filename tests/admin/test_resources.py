@@ -54,7 +54,6 @@ def test_user_validation(admin: Admin) -> None:
         ({"email": f"{unique('v')}@example.com", "role": "owner"}, "role", 400),
         ({"email": f"{unique('v')}@example.com", "is_active": 0}, "is_active", 400),
         ({"email": f"{unique('v')}@example.com", "org_id": str(uuid.uuid4())}, "org_id", 422),
-        ({"email": f"{unique('v')}@example.com", "metadata": {"n": -(2**64)}}, "metadata", 400),
         ({"email": f"{unique('v')}@example.com", "name": "n" * 201}, "name", 400),
         ({"email": f"{unique('v')}@{'e' * 320}.com"}, "email", 400),
         ({"password": PASSWORD}, "email", 400),
@@ -63,6 +62,9 @@ def test_user_validation(admin: Admin) -> None:
         response = admin.post("/users", json=body)
         assert response.status_code == status, (body, response.text)
         assert response.json()["error"]["param"] == param
+    # Integers beyond 64 bits are read as orjson reads them (floats), not a 500 from the JSON column.
+    big = admin.post("/users", json={"email": f"{unique('v')}@example.com", "metadata": {"n": [-(2**70)]}})
+    assert big.status_code == 201 and big.json()["metadata"] == {"n": [-float(2**70)]}, big.text
     duplicate = admin.post("/users", json={"email": "READ@example.com"})
     assert duplicate.status_code == 409
     assert duplicate.json()["error"]["param"] == "email"
