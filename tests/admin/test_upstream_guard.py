@@ -7,7 +7,9 @@ to 127.0.0.1) in front of a fake upstream listening on 127.0.0.1, which records 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -166,6 +168,59 @@ def test_the_allow_list_lets_a_private_upstream_through(backend: Backend, fake: 
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "base_url"
         for deployment_id in ids:
             assert allowed.delete(f"/deployments/{deployment_id}").status_code == 204
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Answers every POST with a 307 to ``server.location`` + the path."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(307)
+        self.send_header("Location", self.server.location + self.path)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def redirector(fake: FakeOpenAI) -> Iterator[int]:
+    """A server on 127.0.0.1 that redirects every POST to the fake upstream's address (a literal)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    server.location = fake.base_url.removesuffix("/v1")  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_redirect_goes_through_the_guard_too(backend: Backend, fake: FakeOpenAI, redirector: int) -> None:
+    fake.reset()
+    # The allow-list names the host `localhost`, not the address the redirect sends the call to.
+    with (
+        _gateway(backend, allowed=["localhost"]) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        allowed = _logged_in(server, backend, client)
+        body = {
+            "model_name": "redirected",
+            "upstream_model": "gpt-4o-mini",
+            "provider": "openai",
+            "api_key": fake.api_key,
+            "base_url": f"http://localhost:{redirector}/v1",
+            "health_check": False,
+        }
+        created = allowed.post("/deployments", json=body)
+        assert created.status_code == 201, created.text
+        response = _chat(allowed, "redirected")
+        assert response.status_code == 502, response.text
+        assert fake.requests == []
+        assert allowed.delete(f"/deployments/{created.json()['id']}").status_code == 204
 
 
 def test_configured_deployments_are_not_restricted_by_address_but_by_scheme(fake: FakeOpenAI) -> None:
