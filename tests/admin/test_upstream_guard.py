@@ -8,6 +8,7 @@ to 127.0.0.1) in front of a fake upstream listening on 127.0.0.1, which records 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,8 +56,8 @@ def fake() -> Iterator[FakeOpenAI]:
         yield upstream
 
 
-def _gateway(backend: Backend, allowed: list[str]) -> GatewayServer:
-    config = admin_config(backend.url, secrets_key=SECRETS_KEY)
+def _gateway(backend: Backend, allowed: list[str], **extra: Any) -> GatewayServer:
+    config = admin_config(backend.url, secrets_key=SECRETS_KEY, **extra)
     config["admin"]["allowed_upstreams"] = allowed
     return GatewayServer(config)
 
@@ -168,6 +169,38 @@ def test_the_allow_list_lets_a_private_upstream_through(backend: Backend, fake: 
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "base_url"
         for deployment_id in ids:
             assert allowed.delete(f"/deployments/{deployment_id}").status_code == 204
+
+
+def test_health_checks_go_through_the_guard(backend: Backend, fake: FakeOpenAI) -> None:
+    fake.reset()
+    port = fake.base_url.rsplit(":", 1)[1].split("/")[0]
+    active = {"active": {"enabled": True, "interval": 0.2, "timeout": 2}}
+    with (
+        _gateway(backend, allowed=[], health=active) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        guarded = _logged_in(server, backend, client)
+        body = {
+            "model_name": "probed",
+            "upstream_model": "gpt-4o-mini",
+            "provider": "openai",
+            "api_key": fake.api_key,
+            "base_url": f"http://localhost:{port}/v1",
+            "health_check": True,
+        }
+        created = guarded.post("/deployments", json=body)
+        assert created.status_code == 201, created.text
+        check = None
+        deadline = time.monotonic() + 15
+        while check is None and time.monotonic() < deadline:
+            states = guarded.get("/deployments/health").json()["data"]
+            check = next((s["last_check"] for s in states if s["id"] == f"db:{created.json()['id']}"), None)
+            if check is None:
+                time.sleep(0.1)
+        assert check is not None, "no active check ran"
+        assert check["ok"] is False
+        assert fake.requests == []  # the probe was refused before it connected
+        assert guarded.delete(f"/deployments/{created.json()['id']}").status_code == 204
 
 
 class _Redirect(BaseHTTPRequestHandler):
