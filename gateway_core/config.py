@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway_core.address_guard import scheme_problem
 from gateway_core.errors import ConfigError
 from gateway_core.json_depth import DEFAULT_MAX_DEPTH, HIGHEST_MAX_DEPTH
 
@@ -132,6 +133,12 @@ class DeploymentConfig(_Strict):
         ids = [credential.id for credential in self.credentials if credential.id is not None]
         if len(ids) != len(set(ids)):
             raise ValueError("credentials: two credentials have the same id")
+        urls = [("base_url", self.base_url), ("proxy", self.proxy)]
+        urls += [(f"proxies[{index}]", proxy) for index, proxy in enumerate(self.proxies)]
+        for name, url in urls:
+            problem = scheme_problem(url) if url else None
+            if problem is not None:  # no file://, gopher:// ... whoever configured it
+                raise ValueError(f"{name}: {problem}")
         return self
 
 
@@ -403,6 +410,12 @@ class AdminConfig(_Strict):
     jwt_secret: SecretStr | None = Field(None, description="signs the admin API's access and refresh tokens")
     access_token_minutes: int = Field(15, gt=0)
     refresh_token_days: int = Field(7, gt=0)
+    allowed_upstreams: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) and host names that deployments managed in the database may reach "
+        "although they are loopback, private or link-local (e.g. `10.0.5.0/24` for vLLM on the LAN); "
+        "see gateway_core/address_guard.py",
+    )
 
 
 class UsageConfig(_Strict):

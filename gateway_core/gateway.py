@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from gateway_core.address_guard import record_guard
 from gateway_core.balancing import Balancer
 from gateway_core.config import GatewayConfig
 from gateway_core.dlp import DlpFilter
@@ -72,6 +73,11 @@ class Gateway:
         self.plugins.fill("lockgate_register_dlp_filters", self.dlp_filters)
         self.plugins.register_all("lockgate_register_routes", self.extra_routes.append)
         self.http = HttpClient(config.http, secrets=config.resolved_secrets)
+        #: The session of deployments managed in the database: it connects only to public addresses and
+        #: to what ``admin.allowed_upstreams`` (and the configuration's proxy pools) let through.
+        self.record_http = HttpClient(
+            config.http, secrets=config.resolved_secrets, guard=record_guard(config), shared=self.http.shared
+        )
         #: Model groups by name and by alias: the configuration's, plus the database's once started.
         #: Replaced whole (never changed in place) when deployments are reloaded.
         self.models: dict[str, ModelGroup] = build_model_groups(
@@ -180,6 +186,7 @@ class Gateway:
         """Open the upstream pool, the database and the events bus, load the database's deployments,
         then run the plugins' start-up hooks (which may use all of them)."""
         await self.http.start()
+        await self.record_http.start()
         try:
             if self.database is not None:
                 await self.database.start()
@@ -231,6 +238,7 @@ class Gateway:
                     await self.database.stop()
             finally:
                 await self.http.close()
+                await self.record_http.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run background work that must finish even if the request is gone; shutdown awaits it."""
@@ -325,7 +333,7 @@ class Gateway:
                 try:
                     dep_config = deployment_config(record, self.secret_box)
                     deployment = build_deployment(
-                        dep_config, group_name, str(dep_config.id), self.providers, self.http
+                        dep_config, group_name, str(dep_config.id), self.providers, self.record_http
                     )
                 except (InvalidRecord, ConfigError) as exc:
                     log.error("deployment record %s skipped: %s", record.id, exc)

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway_core.address_guard import AddressGuard, GuardedConnector
 from gateway_core.config import HttpConfig, TimeoutConfig
 from gateway_core.errors import GatewayError, error_payload_from, upstream_error
 
@@ -23,14 +24,24 @@ FORWARDED_HEADERS = ("retry-after", "retry-after-ms")
 class HttpClient:
     """Owns the one ``aiohttp.ClientSession`` of a worker (keep-alive pooled).
 
-    Created when the worker starts (it needs the running event loop) and closed at shutdown.
+    Created when the worker starts (it needs the running event loop) and closed at shutdown. With a
+    ``guard``, it connects only where the guard allows (the session of database-managed deployments,
+    see :mod:`gateway_core.address_guard`); ``shared`` is another client's :attr:`shared`, to share it.
     """
 
-    def __init__(self, config: HttpConfig | None = None, *, secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config: HttpConfig | None = None,
+        *,
+        secrets: Iterable[str] = (),
+        guard: AddressGuard | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config or HttpConfig()
+        self.guard = guard
         self._session: aiohttp.ClientSession | None = None
         #: Per-worker objects providers share across deployments, e.g. OAuth token caches per account.
-        self.shared: dict[str, Any] = {}
+        self.shared: dict[str, Any] = shared if shared is not None else {}
         #: Secrets of the configuration every deployment keeps out of its error messages.
         self.secrets = frozenset(secrets)
 
@@ -43,12 +54,17 @@ class HttpClient:
     async def start(self) -> None:
         if self._session is not None:
             return
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            limit_per_host=self.config.max_connections_per_host,
-            keepalive_timeout=self.config.keepalive_timeout,
-            ttl_dns_cache=self.config.dns_cache_seconds or None,
-            use_dns_cache=self.config.dns_cache_seconds > 0,
+        settings: dict[str, Any] = {
+            "limit": self.config.max_connections,
+            "limit_per_host": self.config.max_connections_per_host,
+            "keepalive_timeout": self.config.keepalive_timeout,
+            "ttl_dns_cache": self.config.dns_cache_seconds or None,
+            "use_dns_cache": self.config.dns_cache_seconds > 0,
+        }
+        connector = (
+            aiohttp.TCPConnector(**settings)
+            if self.guard is None
+            else GuardedConnector(self.guard, **settings)
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import ValidationError as StorageLimit
 
 from gateway_core.errors import GatewayError, bad_request
 from gateway_core.pipeline import REQUEST_TIMEOUT, discard_body, parse_json_object, read_body
@@ -81,6 +82,12 @@ def not_found(what: str) -> GatewayError:
 
 def conflict(message: str, *, param: str | None = None) -> GatewayError:
     return GatewayError(409, message, code="conflict", param=param)
+
+
+def unprocessable(message: str, *, param: str | None = None) -> GatewayError:
+    """A 422: a well-formed request the current state refuses (an id that names nothing, an unknown
+    provider or model, a date in the past); 400 is for a request the OpenAPI document already refuses."""
+    return GatewayError(422, message, param=param, code="invalid_value")
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -217,6 +224,8 @@ class Call:
     def path_id(self, name: str = "id") -> uuid.UUID:
         """The path parameter ``name`` as a UUID; an id that is not one matches nothing (404)."""
         raw = self.request.path_params[name]
+        if isinstance(raw, uuid.UUID):  # the route matched it as one
+            return raw
         try:
             return uuid.UUID(raw)
         except ValueError:
@@ -265,7 +274,8 @@ def endpoint(api: AdminApi, op: Operation) -> Callable[[Request], Awaitable[Resp
                 data = parse_json_object(raw, api.max_json_depth)
                 _reject_nul(data, "")
                 try:
-                    body = op.body.model_validate(data)
+                    # Strict: JSON types as documented (no `0` for `false`, no number for a date).
+                    body = op.body.model_validate_json(raw, strict=True)
                 except ValidationError as exc:
                     raise invalid(exc, "request body") from None
         except GatewayError as error:
@@ -278,6 +288,9 @@ def endpoint(api: AdminApi, op: Operation) -> Callable[[Request], Awaitable[Resp
         except IntegrityError as exc:
             log.info("admin %s %s: integrity error: %s", op.method, op.path, exc)
             raise conflict("The change conflicts with existing records.") from None
+        except StorageLimit as exc:  # a limit of the database the body schema missed: still the caller's
+            field = str(exc).partition(":")[0].strip() or None
+            raise bad_request(f"Invalid request: {exc}", param=field, code="invalid_value") from None
         if result is None:
             return Response(status_code=204)
         return Response(
@@ -303,7 +316,14 @@ def _check_role(op: Operation, caller: Caller) -> None:
 
 def _parse_query(model: type[BaseModel], params: Mapping[str, str]) -> BaseModel:
     names = {field.alias or name for name, field in model.model_fields.items()}  # ``from`` is an alias
-    data = {name: value for name, value in params.items() if name in names}
+    for name in params:
+        if name not in names:  # a misspelt parameter is refused, as a misspelt body field is
+            raise bad_request(
+                f"Unknown query parameter `{name}`; this operation takes: {', '.join(sorted(names))}.",
+                param=name,
+                code="unknown_parameter",
+            )
+    data = dict(params)
     _reject_nul(data, "")
     try:
         return model.model_validate(data)

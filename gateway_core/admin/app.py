@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
 
 log = logging.getLogger("lockgate.admin")
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
 
 #: Every operation of the admin API, in the order of the documentation.
 OPERATIONS: list[Operation] = [
@@ -170,9 +172,13 @@ class AdminApi:
 
     def routes(self) -> list[BaseRoute]:
         api_prefix = PREFIX.removeprefix("/admin")
+        by_path: dict[str, dict[str, Any]] = {}
+        for op in OPERATIONS:
+            by_path.setdefault(op.path, {})[op.method] = self._endpoint(op)
+        # One route per path, so a method it lacks is a 405 whose ``Allow`` names all it has.
         routes: list[BaseRoute] = [
-            Route(api_prefix + op.path, self._endpoint(op), methods=[op.method], name=op.operation_id)
-            for op in OPERATIONS
+            Route(api_prefix + _typed_path(path), _by_method(endpoints), methods=list(endpoints))
+            for path, endpoints in by_path.items()
         ]
         routes += [
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -205,6 +211,30 @@ class AdminApi:
 
         with_database.__name__ = op.operation_id
         return with_database
+
+
+def _typed_path(path: str) -> str:
+    """The route path of an operation: ids are matched by type, so ``/deployments/health`` is no id."""
+    params = next((op.path_params for op in OPERATIONS if op.path == path), {})
+
+    def typed(match: re.Match[str]) -> str:
+        name = match.group(1)
+        schema = params.get(name)
+        if schema is None:
+            return f"{{{name}:uuid}}"
+        return f"{{{name}:int}}" if schema.get("type") == "integer" else match.group(0)
+
+    return _PATH_PARAM.sub(typed, path)
+
+
+def _by_method(endpoints: Mapping[str, Any]) -> Any:
+    """An endpoint answering each method with the operation declared for it."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)  # type: ignore[no-any-return]
+
+    return dispatch
 
 
 def create_admin_app(gateway: Gateway) -> Router:

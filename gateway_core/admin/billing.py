@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -21,13 +20,16 @@ from tortoise.expressions import Q
 
 from gateway_core.admin import schemas
 from gateway_core.admin.api import Call, Operation, fetch_page, not_found
+from gateway_core.admin.fields import NONBLANK, PositiveAmount, Timestamp
 from gateway_core.admin.schemas import PlainDecimal
 from gateway_core.billing import Ledger, Owner, ledger_of
 from gateway_core.errors import GatewayError, bad_request
 from gateway_core.store import models
 from gateway_core.store.models import BillingKind, OwnerType, Role
 
-_OwnerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+_OwnerId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=200)
+]
 
 
 # --- bodies -------------------------------------------------------------------------------------------
@@ -60,9 +62,7 @@ class BalanceQuery(schemas.PageQuery):
 class TopUpCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: PlainDecimal = Field(
-        gt=0, lt=Decimal("1e10"), max_digits=18, decimal_places=8, description="USD to add"
-    )
+    amount: PositiveAmount = Field(description="USD to add")
     note: Annotated[str, StringConstraints(max_length=1000)] = Field("", description="why, for the records")
 
 
@@ -98,8 +98,8 @@ class BillingRecordQuery(schemas.PageQuery):
     owner_id: _OwnerId | None = None
     kind: BillingKind | None = None
     request_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    from_: datetime | None = Field(None, alias="from", description="records made at or after")
-    to: datetime | None = Field(None, description="records made before")
+    from_: Timestamp | None = Field(None, alias="from", description="records made at or after")
+    to: Timestamp | None = Field(None, description="records made before")
     order: Literal["asc", "desc"] = Field("asc", description="oldest (asc) or newest (desc) first")
 
 
@@ -293,7 +293,7 @@ async def list_billing_records(call: Call) -> BillingRecordList:
 
 _OWNER: dict[str, dict[str, Any]] = {
     "owner_type": {"type": "string", "enum": [OwnerType.USER.value, OwnerType.ORG.value]},
-    "owner_id": {"type": "string", "minLength": 1, "maxLength": 200},
+    "owner_id": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NONBLANK},
 }
 
 OPERATIONS = [

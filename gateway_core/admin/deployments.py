@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway_core.address_guard import AddressGuard
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, fetch_page, not_found
+from gateway_core.admin.api import Call, Operation, fetch_page, not_found, unprocessable
 from gateway_core.config import DeploymentConfig
 from gateway_core.errors import ConfigError, bad_request
 from gateway_core.routing import build_deployment
@@ -36,22 +37,6 @@ from gateway_core.store.models import Role
 from gateway_core.store.secrets import NO_KEY_MESSAGE, SecretBox
 
 log = logging.getLogger("lockgate.admin")
-
-#: Fields an update may not set to ``null`` (they always have a value; ``[]`` or ``{}`` empties them).
-NOT_NULL = (
-    "model_name",
-    "provider",
-    "weight",
-    "credentials",
-    "credential_strategy",
-    "options",
-    "timeout",
-    "headers",
-    "proxies",
-    "drop_params",
-    "optional",
-    "enabled",
-)
 
 
 def credential_out(item: Mapping[str, Any]) -> schemas.DeploymentCredential:
@@ -187,6 +172,19 @@ def _config_error_param(message: str) -> str | None:
     return param
 
 
+def _check_addresses(guard: AddressGuard | None, config: DeploymentConfig) -> None:
+    """A 400 naming the URL field whose host is an address the deployment may not reach (a loopback,
+    private, link-local or metadata address; see :mod:`gateway_core.address_guard`)."""
+    if guard is None:
+        return
+    urls = [("base_url", config.base_url), ("proxy", config.proxy)]
+    urls += [(f"proxies[{index}]", proxy) for index, proxy in enumerate(config.proxies)]
+    for name, url in urls:
+        problem = guard.url_problem(url) if url else None
+        if problem is not None:
+            raise bad_request(f"{name}: {problem}", param=name, code="invalid_value")
+
+
 def check_record(call: Call, record: models.DeploymentRecord) -> None:
     """Build the record's deployment the way the gateway will when it loads it; 400 naming the field
     when it cannot be served (unknown provider, invalid options or settings, provider refusing it)."""
@@ -194,18 +192,17 @@ def check_record(call: Call, record: models.DeploymentRecord) -> None:
     try:
         config = deployment_config(record, _secret_box(call))
     except InvalidRecord as exc:
-        raise bad_request(f"Invalid deployment: {exc}", param=exc.param, code="invalid_value") from None
+        raise unprocessable(f"Invalid deployment: {exc}", param=exc.param) from None
+    _check_addresses(gateway.record_http.guard, config)
     if config.provider not in gateway.providers:
         known = ", ".join(sorted(gateway.providers)) or "none"
-        raise bad_request(
-            f"provider: unknown provider {config.provider!r} (known: {known})",
-            param="provider",
-            code="invalid_value",
+        raise unprocessable(
+            f"provider: unknown provider {config.provider!r} (known: {known})", param="provider"
         )
     configured = getattr(gateway, "_config_models", gateway.models).get(record.model_name)
     group_name = configured.name if configured is not None else record.model_name
     try:
-        build_deployment(config, group_name, str(config.id), gateway.providers, gateway.http)
+        build_deployment(config, group_name, str(config.id), gateway.providers, gateway.record_http)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         param = (
@@ -216,12 +213,10 @@ def check_record(call: Call, record: models.DeploymentRecord) -> None:
             f"{'unknown option' if e['type'] == 'extra_forbidden' else e['msg']}"
             for e in errors[:5]
         )
-        raise bad_request(f"Invalid deployment: {problems}", param=param, code="invalid_value") from None
+        raise unprocessable(f"Invalid deployment: {problems}", param=param) from None
     except ConfigError as exc:
         message = str(exc)
-        raise bad_request(
-            f"Invalid deployment: {message}", param=_config_error_param(message), code="invalid_value"
-        ) from None
+        raise unprocessable(f"Invalid deployment: {message}", param=_config_error_param(message)) from None
 
 
 async def models_changed(call: Call) -> None:
@@ -262,7 +257,7 @@ async def get_deployment(call: Call) -> schemas.Deployment:
 def _encrypt(call: Call, api_key: str, param: str = "api_key") -> str:
     box = _secret_box(call)
     if box is None:
-        raise bad_request(f"{param}: {NO_KEY_MESSAGE}", param=param)
+        raise unprocessable(f"{param}: {NO_KEY_MESSAGE}", param=param)
     return box.encrypt(api_key)
 
 
@@ -283,9 +278,6 @@ async def update_deployment(call: Call) -> schemas.Deployment:
     body: schemas.DeploymentUpdate = call.body
     record = await visible_deployment(call)
     changes = body.model_dump(mode="json", exclude_unset=True, exclude={"api_key", "credentials"})
-    for name in NOT_NULL:
-        if name in body.model_fields_set and getattr(body, name) is None:
-            raise bad_request(f"{name} cannot be null.", param=name)
     if body.credentials is not None:
         stored = (record.settings or {}).get("credentials")
         changes["credentials"] = _stored_credentials(call, body.credentials, stored)

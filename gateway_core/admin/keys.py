@@ -15,8 +15,7 @@ from typing import Any
 from tortoise.expressions import Q
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, not_found
-from gateway_core.errors import bad_request
+from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, not_found, unprocessable
 from gateway_core.store import keys, models
 from gateway_core.store.models import Role
 
@@ -100,16 +99,16 @@ async def create_key(call: Call) -> schemas.CreatedKey:
         if owner is None or not await caller.may_act_in(owner_org):
             if caller.scoped:
                 raise forbidden("The key's user is outside your organization.", param="user_id")
-            raise bad_request("No user has the id given as user_id.", param="user_id")
+            raise unprocessable("No user has the id given as user_id.", param="user_id")
     org_id = body.org_id
     if org_id is not None:
         await caller.require_org(org_id, "org_id")
         if not await models.Organization.exists(id=org_id):
-            raise bad_request("No organization has the id given as org_id.", param="org_id")
+            raise unprocessable("No organization has the id given as org_id.", param="org_id")
     elif owner is None and caller.scoped:
         org_id = caller.org_id  # a scoped user's keys belong to their organization by default
     if body.expires_at is not None and _utc(body.expires_at) <= datetime.now(UTC):
-        raise bad_request("expires_at is in the past.", param="expires_at")
+        raise unprocessable("expires_at is in the past.", param="expires_at")
     record, secret = await keys.create_key(
         body.name,
         user=owner,
@@ -135,8 +134,6 @@ async def update_key(call: Call) -> schemas.Key:
     body: schemas.KeyUpdate = call.body
     key = await visible_key(call)
     changes = body.model_dump(exclude_unset=True)
-    if "name" in changes and changes["name"] is None:
-        raise bad_request("name cannot be null.", param="name")
     if "models" in changes:
         changes["allowed_models"] = changes.pop("models")
     if "metadata" in changes and changes["metadata"] is None:

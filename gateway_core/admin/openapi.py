@@ -25,6 +25,8 @@ _ERRORS = {
     409: "Conflicts with existing records.",
     413: "The request body is too large.",
     415: "The request body is not JSON.",
+    422: "Well-formed, but refused by what it refers to (an id that names nothing, an unknown provider or "
+    "model, a date in the past); the message names the field (`param`).",
     429: "Too many attempts; see `Retry-After`.",
     503: "The database is unavailable, or the admin API is not enabled.",
 }
@@ -134,6 +136,8 @@ def build_spec(operations: Sequence[Operation]) -> dict[str, Any]:
             codes.add(401)
         if op.body is not None:
             codes |= {413, 415}
+            if op.role is not None:
+                codes.add(422)
         for code in sorted(codes):
             responses[str(code)] = {
                 "description": _ERRORS[code],

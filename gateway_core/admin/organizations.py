@@ -13,8 +13,16 @@ import uuid
 from tortoise.exceptions import IntegrityError
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, conflict, fetch_page, forbidden, not_found, org_parents
-from gateway_core.errors import bad_request
+from gateway_core.admin.api import (
+    Call,
+    Operation,
+    conflict,
+    fetch_page,
+    forbidden,
+    not_found,
+    org_parents,
+    unprocessable,
+)
 from gateway_core.store import models
 from gateway_core.store.models import Role
 
@@ -55,7 +63,7 @@ async def _check_parent(call: Call, parent_id: uuid.UUID | None) -> None:
         return
     await caller.require_org(parent_id, "parent_id")
     if not await models.Organization.exists(id=parent_id):
-        raise bad_request("No organization has the id given as parent_id.", param="parent_id")
+        raise unprocessable("No organization has the id given as parent_id.", param="parent_id")
 
 
 def _duplicate(name: str) -> Exception:
@@ -105,11 +113,8 @@ async def update_organization(call: Call) -> schemas.Organization:
     if caller.scoped and org.id == caller.org_id:
         raise forbidden("Your own organization can be changed only by an admin not bound to an organization.")
     changes = body.model_dump(exclude_unset=True)
-    if "name" in changes:
-        if body.name is None:
-            raise bad_request("name cannot be null.", param="name")
-        if body.name != org.name and await models.Organization.exists(name=body.name):
-            raise _duplicate(body.name)
+    if "name" in changes and body.name != org.name and await models.Organization.exists(name=body.name):
+        raise _duplicate(body.name)
     if "parent_id" in changes:
         await _check_parent(call, body.parent_id)
         if body.parent_id is not None:
@@ -117,7 +122,7 @@ async def update_organization(call: Call) -> schemas.Organization:
             ancestor: uuid.UUID | None = body.parent_id
             while ancestor is not None:
                 if ancestor == org.id:
-                    raise bad_request(
+                    raise unprocessable(
                         "parent_id would put the organization under itself or one of its descendants.",
                         param="parent_id",
                     )

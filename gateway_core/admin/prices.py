@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, conflict, fetch_page, not_found
+from gateway_core.admin.api import Call, Operation, conflict, fetch_page, not_found, unprocessable
+from gateway_core.admin.fields import NONBLANK, Amount, keep
 from gateway_core.admin.schemas import PlainDecimal
-from gateway_core.errors import GatewayError, bad_request
+from gateway_core.errors import GatewayError
 from gateway_core.events import PRICES_CHANNEL
 from gateway_core.pricing import Price, PriceList, load_price_file
 from gateway_core.store import models
@@ -32,12 +32,13 @@ log = logging.getLogger("lockgate.admin")
 #: Largest id of the ``price_overrides`` table (64-bit).
 ID_MAX = 2**63 - 1
 
-PerMillion = Annotated[
-    Decimal,
-    Field(ge=0, lt=Decimal("1e10"), max_digits=18, decimal_places=8, description="USD per million tokens"),
+PerMillion = Annotated[Amount, Field(description="USD per million tokens")]
+ModelPattern = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=200)
 ]
-ModelPattern = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-ProviderName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+ProviderName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=100)
+]
 Source = Annotated[str, StringConstraints(max_length=1000)]
 
 
@@ -63,13 +64,13 @@ class PriceOverrideCreate(_Body):
 
 
 class PriceOverrideUpdate(_Body):
-    model: ModelPattern | None = None
+    model: ModelPattern = keep()
     provider: ProviderName | None = None
-    input_per_mtok: PerMillion | None = None
-    output_per_mtok: PerMillion | None = None
+    input_per_mtok: PerMillion = keep()
+    output_per_mtok: PerMillion = keep()
     cached_input_per_mtok: PerMillion | None = None
     cache_write_per_mtok: PerMillion | None = None
-    source: Source | None = None
+    source: Source = keep()
 
 
 class PriceOverride(BaseModel):
@@ -163,7 +164,7 @@ async def prices_changed(call: Call) -> None:
 
 
 def _price_id(call: Call) -> int:
-    raw = call.request.path_params["price_id"]
+    raw = str(call.request.path_params["price_id"])
     if not raw.isdigit() or int(raw) > ID_MAX:
         raise GatewayError(404, "No such price override: ids are integers.", code="not_found")
     return int(raw)
@@ -182,9 +183,7 @@ def _out(row: models.PriceOverride) -> PriceOverride:
 
 def _check_provider(call: Call, provider: str | None) -> None:
     if provider is not None and provider not in call.gateway.providers:
-        raise bad_request(
-            f"provider: no provider {provider!r} is registered.", param="provider", code="invalid_value"
-        )
+        raise unprocessable(f"provider: no provider {provider!r} is registered.", param="provider")
 
 
 async def _check_unique(model: str, provider: str | None, own_id: int | None = None) -> None:
@@ -224,9 +223,6 @@ async def update_price(call: Call) -> PriceOverride:
     body: PriceOverrideUpdate = call.body
     row = await visible_override(call)
     changes = body.model_dump(exclude_unset=True)
-    for name in ("model", "input_per_mtok", "output_per_mtok", "source"):
-        if name in changes and changes[name] is None:
-            raise bad_request(f"{name} cannot be null.", param=name)
     if "provider" in changes:
         _check_provider(call, changes["provider"])
     if "model" in changes or "provider" in changes:

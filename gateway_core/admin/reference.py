@@ -97,8 +97,15 @@ curl -X PATCH http://127.0.0.1:8080/admin/api/users/$USER_ID \\
   `{"object": "list", "data": [...], "total", "limit", "offset", "has_more"}`, oldest first.
 - Ids are UUIDs (price overrides: integers; balances: the owner's type and id). An id that is not
   one, or an item the caller may not see, answers 404.
-- Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`; a 400 names the
-  field in `param`. 401 answers carry `WWW-Authenticate: Bearer`.
+- Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`, naming the field in
+  `param`. A 400 is a request this document refuses (a wrong type, a value out of range, an unknown
+  body field or query parameter, `null` for a field that cannot be null); a 422 is a well-formed one
+  refused for what it refers to (an organization, user, provider or model that does not exist, a date
+  in the past, a loop of organizations). 401 answers carry `WWW-Authenticate: Bearer`; a method a path
+  does not have is a 405 whose `Allow` lists the ones it has.
+- Values are read as JSON types: `true`/`false` for booleans (not `0`/`1`), integers (`3` or `3.0`,
+  not `3.5` or `"3"`), date-times as ISO 8601 strings (UTC when they name no zone), and amounts in USD
+  as a number (rounded to 8 decimals) or a plain decimal string such as `"0.15"` (exact).
 - Secrets are write-only: a key's `secret` is in the create answer only (listings show its `prefix`),
   and a deployment's upstream `api_key`, like the `api_key` of each of its `credentials`, is stored
   encrypted with `secrets.key` and answered as `has_api_key`.

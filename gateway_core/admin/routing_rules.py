@@ -8,9 +8,8 @@ the change is announced on ``lockgate:deployments``.
 from __future__ import annotations
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, fetch_page, not_found
+from gateway_core.admin.api import Call, Operation, fetch_page, not_found, unprocessable
 from gateway_core.admin.deployments import models_changed
-from gateway_core.errors import bad_request
 from gateway_core.store import models
 from gateway_core.store.models import Role
 
@@ -21,10 +20,9 @@ def rule_out(rule: models.RoutingRule) -> schemas.RoutingRule:
 
 def _check_target(call: Call, target: str) -> None:
     if target not in call.gateway.models:
-        raise bad_request(
+        raise unprocessable(
             f"target: no model {target!r} is served; a rule must target an existing model group.",
             param="target",
-            code="invalid_value",
         )
 
 
@@ -62,9 +60,6 @@ async def update_routing_rule(call: Call) -> schemas.RoutingRule:
     body: schemas.RoutingRuleUpdate = call.body
     rule = await visible_rule(call)
     changes = body.model_dump(exclude_unset=True)
-    for name, value in changes.items():
-        if value is None:
-            raise bad_request(f"{name} cannot be null.", param=name)
     if "target" in changes:
         _check_target(call, changes["target"])
     rule.update_from_dict(changes)

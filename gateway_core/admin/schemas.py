@@ -13,6 +13,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
+from gateway_core.admin.fields import NONBLANK, WHOLE, Amount, JsonObject, Timestamp, keep
 from gateway_core.store.models import BudgetPeriod, Role
 
 #: A decimal amount (USD, prices) written in plain notation in JSON: ``"0.00000000"``, never ``"0E-8"``.
@@ -23,15 +24,23 @@ PlainDecimal = Annotated[
 #: Largest value of the database's integer columns (32-bit signed).
 INT_MAX = 2**31 - 1
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=200)
+]
+ModelName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=200)
+]
 Email = Annotated[
     str,
-    StringConstraints(min_length=3, max_length=320, pattern=r"^\s*[^@\s]+@[^@\s.]+(\.[^@\s.]+)+\s*$"),
-    Field(json_schema_extra={"format": "email"}),
+    # No `format: email`: the pattern is the rule (no control characters), and the server applies it.
+    StringConstraints(
+        min_length=3,
+        max_length=320,
+        pattern=r"^[ \t\r\n]*[^@\x00-\x20\x7f-\xa0]+@[^@.\x00-\x20\x7f-\xa0]+(\.[^@.\x00-\x20\x7f-\xa0]+)+[ \t\r\n]*$",
+    ),
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
-Count = Annotated[int, Field(ge=0, le=INT_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX), WHOLE]
 #: An amount of money, stored with 6 decimals (up to 12 digits before the point).
 Money = Annotated[float, Field(ge=0, lt=1e12, allow_inf_nan=False)]
 
@@ -41,9 +50,9 @@ def to_decimal(amount: float | None) -> Decimal | None:
     return None if amount is None else Decimal(repr(amount)).quantize(Decimal("0.000001"))
 
 
-Metadata = Annotated[dict[str, Any], Field(description="free-form JSON object")]
+Metadata = Annotated[JsonObject, Field(description="free-form JSON object")]
 UserMetadata = Annotated[
-    dict[str, Any],
+    JsonObject,
     Field(
         description="free-form JSON object; `limits` (`rpm`, `tpm`, `max_parallel`) and `quotas` in it apply "
         'to the user\'s keys, e.g. `{"limits": {"rpm": 60}, "quotas": {"requests": {"day": 1000}}}`'
@@ -125,7 +134,7 @@ class OrganizationCreate(_Body):
 
 
 class OrganizationUpdate(_Body):
-    name: Name | None = None
+    name: Name = keep()
     parent_id: uuid.UUID | None = Field(None, description="moving under a descendant of itself is refused")
     metadata: Metadata | None = None
     budget_limit: Money | None = None
@@ -170,12 +179,12 @@ class UserCreate(_Body):
 
 
 class UserUpdate(_Body):
-    email: Email | None = None
+    email: Email = keep()
     password: Password | None = Field(None, description="a new password (write-only)")
-    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
-    role: Role | None = None
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = keep()
+    role: Role = keep()
     org_id: uuid.UUID | None = None
-    is_active: bool | None = None
+    is_active: bool = keep()
     metadata: UserMetadata | None = Field(None, description="replaces the metadata; null empties it")
 
 
@@ -211,7 +220,7 @@ class _KeySettings(_Body):
     models: list[ModelName] | None = Field(
         None, max_length=1000, description="model names or globs the key may use; null = every model"
     )
-    expires_at: datetime | None = Field(None, description="UTC unless a zone is given; null = never")
+    expires_at: Timestamp | None = Field(None, description="UTC unless a zone is given; null = never")
     metadata: Metadata | None = None
     rpm_limit: Count | None = Field(None, description="requests per minute")
     tpm_limit: Count | None = Field(None, description="tokens per minute")
@@ -232,7 +241,7 @@ class KeyCreate(_KeySettings):
 
 
 class KeyUpdate(_KeySettings):
-    name: Name | None = None
+    name: Name = keep()
 
 
 class Key(_Out):
@@ -281,7 +290,11 @@ class Timeouts(_Body):
     total: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
 
 
-_URL = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+#: An upstream or proxy URL: http or https only (no file://, gopher:// ...).
+_URL = Annotated[
+    str,
+    StringConstraints(pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]", max_length=1000),
+]
 _Headers = Annotated[
     dict[
         Annotated[str, StringConstraints(min_length=1, max_length=200)],
@@ -291,8 +304,8 @@ _Headers = Annotated[
 ]
 
 
-_PerMinute = Annotated[int, Field(gt=0, le=INT_MAX)]
-_PerMillion = Annotated[Decimal, Field(ge=0, lt=Decimal("1e10"), max_digits=18, decimal_places=8)]
+_PerMinute = Annotated[int, Field(gt=0, le=INT_MAX), WHOLE]
+_PerMillion = Amount
 _UpstreamKey = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 _CredentialStrategy = Literal["round_robin", "fill_first"]
 
@@ -346,7 +359,9 @@ class DeploymentCredential(_Out):
 
 class DeploymentCreate(_Body):
     model_name: ModelName = Field(description="the model name clients ask for (a new or a configured one)")
-    provider: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    provider: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=100)
+    ]
     upstream_model: ModelName | None = Field(
         None, description="model name at the upstream; defaults to model_name"
     )
@@ -394,36 +409,35 @@ class DeploymentCreate(_Body):
 
 
 class DeploymentUpdate(_Body):
-    model_name: ModelName | None = None
-    provider: (
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None
-    ) = None
+    model_name: ModelName = keep()
+    provider: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, pattern=NONBLANK, max_length=100)
+    ] = keep()
     upstream_model: ModelName | None = None
     base_url: _URL | None = None
     api_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = Field(
         None, description="a new upstream API key (write-only); null removes it"
     )
-    weight: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    weight: float = keep(gt=0, le=1_000_000, allow_inf_nan=False)
     rpm: _PerMinute | None = None
     tpm: _PerMinute | None = None
-    credentials: list[DeploymentCredentialBody] | None = Field(
-        None,
-        max_length=100,
-        description="the whole pool, replacing the stored one; a credential without `api_key` keeps "
+    credentials: list[DeploymentCredentialBody] = keep(
+        "the whole pool, replacing the stored one; a credential without `api_key` keeps "
         "the stored key of the credential with the same `id`",
+        max_length=100,
     )
-    credential_strategy: _CredentialStrategy | None = None
-    options: Metadata | None = None
-    timeout: Timeouts | None = None
-    headers: _Headers | None = None
+    credential_strategy: _CredentialStrategy = keep()
+    options: Metadata = keep()
+    timeout: Timeouts = keep()
+    headers: _Headers = keep()
     proxy: _URL | None = None
-    proxies: list[_URL] | None = Field(None, max_length=100)
+    proxies: list[_URL] = keep(max_length=100)
     proxy_pool: Name | None = None
-    drop_params: bool | None = None
+    drop_params: bool = keep()
     price: DeploymentPriceBody | None = None
     health_check: bool | None = None
-    optional: bool | None = None
-    enabled: bool | None = None
+    optional: bool = keep()
+    enabled: bool = keep()
 
 
 class Deployment(_Out):
@@ -466,18 +480,21 @@ class DeploymentQuery(PageQuery):
 # --- routing rules ----------------------------------------------------------------------------------------
 
 
+_Priority = Annotated[int, Field(ge=-INT_MAX, le=INT_MAX), WHOLE]
+
+
 class RoutingRuleCreate(_Body):
     pattern: ModelName = Field(description="a model name or glob (`gpt-4*`) clients ask for")
     target: ModelName = Field(description="the model group that serves matching requests; must exist")
-    priority: int = Field(100, ge=-INT_MAX, le=INT_MAX, description="lower runs first")
+    priority: _Priority = Field(100, description="lower runs first")
     enabled: bool = True
 
 
 class RoutingRuleUpdate(_Body):
-    pattern: ModelName | None = None
-    target: ModelName | None = None
-    priority: int | None = Field(None, ge=-INT_MAX, le=INT_MAX)
-    enabled: bool | None = None
+    pattern: ModelName = keep()
+    target: ModelName = keep()
+    priority: _Priority = keep()
+    enabled: bool = keep()
 
 
 class RoutingRule(_Out):
@@ -544,8 +561,8 @@ class UsageRecordList(Page[UsageRecord]):
 
 
 class UsageQuery(PageQuery):
-    from_: datetime | None = Field(None, alias="from", description="records of requests started at or after")
-    to: datetime | None = Field(None, description="records of requests started before")
+    from_: Timestamp | None = Field(None, alias="from", description="records of requests started at or after")
+    to: Timestamp | None = Field(None, description="records of requests started before")
     key_id: _Dimension | None = None
     user_id: _Dimension | None = None
     org_id: _Dimension | None = None
@@ -555,10 +572,10 @@ class UsageQuery(PageQuery):
 
 
 class UsageStatsQuery(_Body):
-    from_: datetime | None = Field(
+    from_: Timestamp | None = Field(
         None, alias="from", description="start of the range, rounded down to its hour; default 24 hours ago"
     )
-    to: datetime | None = Field(None, description="end of the range (exclusive); default now")
+    to: Timestamp | None = Field(None, description="end of the range (exclusive); default now")
     interval: Literal["hour", "day", "none"] = Field(
         "none", description="one row per hour, per day or overall"
     )

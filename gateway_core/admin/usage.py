@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, fetch_page, forbidden
+from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, unprocessable
 from gateway_core.errors import GatewayError, bad_request
 from gateway_core.store import models
 from gateway_core.usage.stats import StatsFilter, usage_stats
@@ -77,9 +77,9 @@ async def usage_statistics(call: Call) -> schemas.UsageStats:
     end = _moment(q.to, "to") or datetime.now(UTC)
     start = _moment(q.from_, "from")
     if start is None:
-        start = end - DEFAULT_RANGE
+        start = end - min(DEFAULT_RANGE, end - datetime.min.replace(tzinfo=UTC))
     if start > end:
-        raise bad_request("`from` must not be after `to`.", param="from")
+        raise unprocessable("`from` must not be after `to`.", param="from")
     where = StatsFilter(
         start=start,
         end=end,
@@ -120,6 +120,7 @@ OPERATIONS = [
         "usage",
         query=schemas.UsageStatsQuery,
         response=schemas.UsageStats,
+        errors=(422,),
         description="Totals per hour or day and per model, provider, key, user or organization, read from "
         "hourly rollups: requests, errors, tokens, cost in USD, requests of unknown price, and latency "
         "(average; p50 and p95 estimated from a histogram).",

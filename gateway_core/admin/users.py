@@ -11,9 +11,8 @@ import asyncio
 import uuid
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, Operation, conflict, fetch_page, forbidden, not_found
+from gateway_core.admin.api import Call, Operation, conflict, fetch_page, forbidden, not_found, unprocessable
 from gateway_core.admin.auth import user_out
-from gateway_core.errors import bad_request
 from gateway_core.store import models
 from gateway_core.store.models import Role
 
@@ -40,7 +39,7 @@ async def _check_org(call: Call, org_id: uuid.UUID | None) -> None:
             )
         await call.user.require_org(org_id, "org_id")
     if org_id is not None and not await models.Organization.exists(id=org_id):
-        raise bad_request("No organization has the id given as org_id.", param="org_id")
+        raise unprocessable("No organization has the id given as org_id.", param="org_id")
 
 
 def _email(value: str) -> str:
@@ -49,7 +48,7 @@ def _email(value: str) -> str:
     try:
         return users.normalize_email(value)
     except users.InvalidEmail:
-        raise bad_request("email: not an e-mail address (local@domain.tld).", param="email") from None
+        raise unprocessable("email: not an e-mail address (local@domain.tld).", param="email") from None
 
 
 async def list_users(call: Call) -> schemas.UserList:
@@ -88,7 +87,7 @@ async def create_user(call: Call) -> schemas.User:
                 email, body.password, body.role, body.org_id, name=body.name, metadata=body.metadata
             )
     except users.InvalidPassword as exc:
-        raise bad_request(f"password: {exc}", param="password") from None
+        raise unprocessable(f"password: {exc}", param="password") from None
     except users.UserExists:
         raise conflict(f"A user with the e-mail address {email} exists.", param="email") from None
     if not body.is_active:
@@ -106,9 +105,6 @@ async def update_user(call: Call) -> schemas.User:
     for name, label in (("role", "role"), ("org_id", "organization"), ("is_active", "active flag")):
         if is_self and name in changes and str(changes[name]) != str(getattr(user, name)):
             raise forbidden(f"You cannot change your own {label}.", param=name)
-    for name in ("email", "name", "role", "is_active"):
-        if name in changes and changes[name] is None:
-            raise bad_request(f"{name} cannot be null.", param=name)
     if "metadata" in changes and body.metadata is None:
         changes["metadata"] = {}
     if "email" in changes:
@@ -136,7 +132,7 @@ async def _hash(password: str) -> str:
     try:
         users.check_password_strength(password)
     except users.InvalidPassword as exc:
-        raise bad_request(f"password: {exc}", param="password") from None
+        raise unprocessable(f"password: {exc}", param="password") from None
     return await asyncio.to_thread(users.hash_password, password)
 
 

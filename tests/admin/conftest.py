@@ -117,7 +117,8 @@ def admin_config(url: str, secrets_key: str | None = None, **extra: Any) -> dict
         "server": {"max_body_bytes": 64 * 1024, "graceful_timeout": 2},
         "database": {"url": url},
         "secrets": {"key": secrets_key or Fernet.generate_key().decode()},
-        "admin": {"jwt_secret": JWT_SECRET},
+        # The fake upstreams of the tests listen on 127.0.0.1 (test_upstream_guard.py runs without this).
+        "admin": {"jwt_secret": JWT_SECRET, "allowed_upstreams": ["127.0.0.0/8"]},
         "models": {
             "mock-echo": {
                 "aliases": ["mock"],

@@ -70,27 +70,32 @@ def test_a_deployment_can_join_a_configured_model(admin: Admin) -> None:
     assert replies == {"other"}
 
 
-def test_bad_deployments_are_400_naming_the_field(admin: Admin) -> None:
+def test_bad_deployments_are_400_or_422_naming_the_field(admin: Admin) -> None:
+    # 400: the OpenAPI document refuses it; 422: well-formed, but the provider refuses it.
     cases = [
-        ({"model_name": "m", "provider": "no-such-provider"}, "provider"),
-        ({"model_name": "m", "provider": "mock", "options": {"chunks": 0}}, "options.chunks"),
-        ({"model_name": "m", "provider": "mock", "options": {"colour": "blue"}}, "options.colour"),
-        ({"model_name": "m", "provider": "openai"}, "api_key"),
-        ({"model_name": "m", "provider": "mock", "weight": 0}, "weight"),
-        ({"model_name": "m", "provider": "mock", "timeout": {"read": -1}}, "timeout.read"),
-        ({"model_name": "", "provider": "mock"}, "model_name"),
-        ({"provider": "mock"}, "model_name"),
-        ({"model_name": "m", "provider": "mock", "unknown": 1}, "unknown"),
+        ({"model_name": "m", "provider": "no-such-provider"}, "provider", 422),
+        ({"model_name": "m", "provider": "mock", "options": {"chunks": 0}}, "options.chunks", 422),
+        ({"model_name": "m", "provider": "mock", "options": {"colour": "blue"}}, "options.colour", 422),
+        ({"model_name": "m", "provider": "openai"}, "api_key", 422),
+        ({"model_name": "m", "provider": "mock", "weight": 0}, "weight", 400),
+        ({"model_name": "m", "provider": "mock", "weight": True}, "weight", 400),
+        ({"model_name": "m", "provider": "mock", "timeout": {"read": -1}}, "timeout.read", 400),
+        ({"model_name": "", "provider": "mock"}, "model_name", 400),
+        ({"model_name": " ", "provider": "mock"}, "model_name", 400),
+        ({"model_name": "m" * 201, "provider": "mock"}, "model_name", 400),
+        ({"model_name": "m", "provider": "mock", "base_url": "http://x/" + "a" * 1000}, "base_url", 400),
+        ({"provider": "mock"}, "model_name", 400),
+        ({"model_name": "m", "provider": "mock", "unknown": 1}, "unknown", 400),
     ]
-    for body, param in cases:
+    for body, param, status in cases:
         response = admin.post("/deployments", json=body)
-        assert response.status_code == 400, (body, response.text)
+        assert response.status_code == status, (body, response.text)
         assert response.json()["error"]["param"] == param, (body, response.text)
     assert "m" not in served_models(admin)
     assert admin.get("/deployments", params={"model_name": "m"}).json()["total"] == 0
     deployment = admin.post("/deployments", json={"model_name": unique("ok"), "provider": "mock"}).json()
     bad_update = admin.patch(f"/deployments/{deployment['id']}", json={"provider": "nope"})
-    assert bad_update.status_code == 400 and bad_update.json()["error"]["param"] == "provider"
+    assert bad_update.status_code == 422 and bad_update.json()["error"]["param"] == "provider"
     assert admin.get(f"/deployments/{deployment['id']}").json()["provider"] == "mock"
 
 
@@ -114,7 +119,7 @@ def test_the_upstream_api_key_is_write_only(admin: Admin) -> None:
     assert kept.status_code == 200 and kept.json()["has_api_key"] is True
     # Removing the key from a provider that needs one is refused, like a start-up with no key.
     removed = admin.patch(f"/deployments/{deployment['id']}", json={"api_key": None})
-    assert removed.status_code == 400 and removed.json()["error"]["param"] == "api_key"
+    assert removed.status_code == 422 and removed.json()["error"]["param"] == "api_key"
     assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204
 
 
@@ -128,7 +133,7 @@ def test_deployments_are_global(admin: Admin) -> None:
 
 def test_routing_rules(admin: Admin) -> None:
     missing = admin.post("/routing-rules", "write", json={"pattern": "nothing-*", "target": "no-such-model"})
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "target"
+    assert missing.status_code == 422 and missing.json()["error"]["param"] == "target"
     prefix = unique("alias")
     assert chat(admin, f"{prefix}-1").status_code == 404
     rule = admin.post("/routing-rules", "write", json={"pattern": f"{prefix}-*", "target": "mock-other"})
@@ -145,7 +150,8 @@ def test_routing_rules(admin: Admin) -> None:
     positions = [r["id"] for r in rules if r["id"] in (rule.json()["id"], first.json()["id"])]
     assert positions == [first.json()["id"], rule.json()["id"]]  # lowest priority first
     bad = admin.patch(f"/routing-rules/{rule.json()['id']}", json={"target": "nope"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
+    assert admin.patch(f"/routing-rules/{rule.json()['id']}", json={"priority": None}).status_code == 400
     assert admin.patch(f"/routing-rules/{rule.json()['id']}", json={"enabled": False}).status_code == 200
     assert chat(admin, f"{prefix}-2").status_code == 404
     for created in (rule, first):
@@ -293,35 +299,37 @@ def test_credentials_take_turns_and_their_keys_are_write_only(
         assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204
 
 
-def test_bad_settings_are_400_naming_the_field(admin: Admin) -> None:
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"rpm": 0}, "rpm"),
-        ({"tpm": "many"}, "tpm"),
-        ({"credentials": [{"rpm": 0}]}, "credentials[0].rpm"),
-        ({"credentials": [{"id": "a"}, {"colour": "blue"}]}, "credentials[1].colour"),
-        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials"),
-        ({"credentials": [{"options": {"chunks": 0}}]}, "credentials[0].options"),
-        ({"credential_strategy": "random"}, "credential_strategy"),
-        ({"proxy": "http://a.internal:3128", "proxies": ["http://b.internal:3128"]}, "proxy"),
-        ({"proxy_pool": "no-such-pool"}, "proxy_pool"),
-        ({"price": {"input": -1, "output": 1}}, "price.input"),
-        ({"price": {"input": 1}}, "price.output"),
-        ({"health_check": "sometimes"}, "health_check"),
+def test_bad_settings_are_400_or_422_naming_the_field(admin: Admin) -> None:
+    cases: list[tuple[dict[str, Any], str, int]] = [
+        ({"rpm": 0}, "rpm", 400),
+        ({"rpm": 1.5}, "rpm", 400),
+        ({"tpm": "many"}, "tpm", 400),
+        ({"credentials": [{"rpm": 0}]}, "credentials[0].rpm", 400),
+        ({"credentials": [{"id": "a"}, {"colour": "blue"}]}, "credentials[1].colour", 400),
+        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials", 422),
+        ({"credentials": [{"options": {"chunks": 0}}]}, "credentials[0].options", 422),
+        ({"credential_strategy": "random"}, "credential_strategy", 400),
+        ({"proxy": "http://a.internal:3128", "proxies": ["http://b.internal:3128"]}, "proxy", 422),
+        ({"proxy_pool": "no-such-pool"}, "proxy_pool", 422),
+        ({"price": {"input": -1, "output": 1}}, "price.input", 400),
+        ({"price": {"input": "1e3", "output": 1}}, "price.input", 400),
+        ({"price": {"input": 1}}, "price.output", 400),
+        ({"health_check": "sometimes"}, "health_check", 400),
     ]
     name = unique("bad-settings")
-    for settings, param in cases:
+    for settings, param, status in cases:
         response = admin.post("/deployments", json={"model_name": name, "provider": "mock", **settings})
-        assert response.status_code == 400, (settings, response.text)
+        assert response.status_code == status, (settings, response.text)
         assert response.json()["error"]["param"] == param, (settings, response.text)
     assert admin.get("/deployments", params={"model_name": name}).json()["total"] == 0
     deployment = admin.post("/deployments", json={"model_name": name, "provider": "mock"}).json()
-    for settings, param in [
-        ({"credentials": None}, "credentials"),
-        ({"credential_strategy": None}, "credential_strategy"),
-        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials"),
+    for settings, param, status in [
+        ({"credentials": None}, "credentials", 400),
+        ({"credential_strategy": None}, "credential_strategy", 400),
+        ({"credentials": [{"id": "a"}, {"id": "a"}]}, "credentials", 422),
     ]:
         response = admin.patch(f"/deployments/{deployment['id']}", json=settings)
-        assert response.status_code == 400, (settings, response.text)
+        assert response.status_code == status, (settings, response.text)
         assert response.json()["error"]["param"] == param, (settings, response.text)
     assert admin.get(f"/deployments/{deployment['id']}").json()["credentials"] == []
     assert admin.delete(f"/deployments/{deployment['id']}").status_code == 204

@@ -66,18 +66,20 @@ def test_one_override_per_model_and_provider(admin: Admin) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "param", "status"),
     [
-        ({"input_per_mtok": "-1"}, "input_per_mtok"),
-        ({"output_per_mtok": "1e11"}, "output_per_mtok"),
-        ({"provider": "no-such-provider"}, "provider"),
-        ({"model": "  "}, "model"),
-        ({"extra": 1}, "extra"),
+        ({"input_per_mtok": "-1"}, "input_per_mtok", 400),
+        ({"output_per_mtok": "1e11"}, "output_per_mtok", 400),
+        ({"output_per_mtok": "1e3"}, "output_per_mtok", 400),
+        ({"output_per_mtok": True}, "output_per_mtok", 400),
+        ({"provider": "no-such-provider"}, "provider", 422),
+        ({"model": "  "}, "model", 400),
+        ({"extra": 1}, "extra", 400),
     ],
 )
-def test_invalid_overrides_are_400(admin: Admin, fields: dict[str, Any], param: str) -> None:
+def test_invalid_overrides_are_refused(admin: Admin, fields: dict[str, Any], param: str, status: int) -> None:
     response = override(admin, **fields)
-    assert response.status_code == 400, response.text
+    assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
 
 
