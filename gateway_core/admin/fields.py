@@ -38,8 +38,10 @@ _DATE_TIME = re.compile(
 
 
 #: Some character that trimming keeps: the whitespace pydantic's ``strip_whitespace`` removes is spelt
-#: out, since JSON Schema's ``\\s`` differs from it (``\\ufeff`` is one, ``\\x85`` is not).
-NONBLANK = r"[^\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+#: out, since JSON Schema's ``\\s`` differs from it (``\\ufeff`` is one, ``\\x85`` is not), and so are
+#: the separators ``\\x1c``-``\\x1f``, which the store's ``str.strip()`` removes too (a name of only
+#: those would be stored empty).
+NONBLANK = r"[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 def _json_numbers(value: Any) -> Any:
