@@ -195,6 +195,8 @@ class AdminApi:
             with self.database():
                 try:
                     return await run(request)
+                except GatewayError:
+                    raise  # a deliberate answer, even when raised while handling a timeout or OSError
                 except Exception as exc:
                     if not isinstance(exc, DatabaseUnavailable) and not is_outage(exc):
                         raise
