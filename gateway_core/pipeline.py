@@ -8,7 +8,6 @@ answers errors in the client's dialect and settles every request exactly once, w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,23 +19,28 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
-from gateway_core.errors import GatewayError, bad_request, upstream_error
+from gateway_core.errors import GatewayError, upstream_error
 from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
-from gateway_core.json_depth import DEFAULT_MAX_DEPTH, json_too_deep
 from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
+from gateway_core.request_body import (
+    REQUEST_TIMEOUT,
+    ClientDisconnected,
+    discard_body,
+    parse_json_object,
+    read_body,
+)
 from gateway_core.resilience import HEALTH_FAILURES, classify
 from gateway_core.routing import Deployment
 from gateway_core.slow_clients import BodyPace
 from gateway_core.stream_cap import cap_stream
 from gateway_core.types import Dialect, Endpoint, RequestContext, Usage
+from gateway_core.validation import validate_chat, validate_embeddings
 
 log = logging.getLogger("lockgate.pipeline")
 
 REQUEST_ID_KEY = "lockgate.request_id"
 CLIENT_CLOSED = 499
-#: The status of a request whose body arrived too slowly.
-REQUEST_TIMEOUT = 408
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _STREAM_HEADERS = [
@@ -44,11 +48,6 @@ _STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before the body was read."""
 
 
 def credential_from(headers: Headers) -> str | None:
@@ -59,196 +58,6 @@ def credential_from(headers: Headers) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return headers.get("x-api-key") or None
-
-
-async def read_body(receive: Receive, headers: Headers, limit: int, pace: BodyPace | None = None) -> bytes:
-    """Read the whole request body, refusing more than ``limit`` bytes with 413, and with 408 a body
-    that arrives more slowly than ``pace`` allows."""
-    content_type = headers.get("content-type")
-    if content_type:
-        media = content_type.partition(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise GatewayError(
-                415,
-                f"Unsupported Content-Type {media!r}: send the request body as application/json.",
-                code="unsupported_media_type",
-            )
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    started = asyncio.get_running_loop().time()
-    try:
-        async with asyncio.timeout_at(started + pace.timeout if pace is not None else None) as deadline:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
-            if not message.get("more_body", False):  # the usual case: the whole body in one message
-                body: bytes = message.get("body", b"")
-                if len(body) > limit:
-                    raise _too_large(limit)
-                return body
-            chunks = [message.get("body", b"")]
-            size = len(chunks[0])
-            while True:
-                if pace is not None and pace.min_rate:
-                    deadline.reschedule(pace.deadline(started, size))
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        if pace is None:
-            raise
-    # Raised outside the handler, so that nothing takes the timeout for a failure of the server's own.
-    assert pace is not None  # without a pace there is no deadline
-    # The server closes the connection after the answer, as the request was not read to its end
-    # (a ``Connection`` header would be refused on HTTP/2).
-    raise GatewayError(
-        REQUEST_TIMEOUT,
-        f"The request body arrived too slowly: it must arrive within {pace.describe()}.",
-        code="request_timeout",
-    )
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large"
-    )
-
-
-#: Longest time spent reading and dropping the rest of a body that is answered early.
-DISCARD_SECONDS = 2.0
-
-
-async def discard_body(receive: Receive, limit: int) -> bool:
-    """Read and drop the rest of a request body before answering early (401, 413, 415).
-
-    The server closes the connection as soon as an answer is complete while the request is still
-    coming, so a client still sending would meet a connection reset instead of the answer. Gives up
-    after ``limit`` bytes or :data:`DISCARD_SECONDS`; returns False when the client went away.
-    """
-    received = 0
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(DISCARD_SECONDS):
-            while received <= limit:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return False
-                if not message.get("more_body", False):
-                    return True
-                received += len(message.get("body", b""))
-    return True
-
-
-def parse_json_object(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
-    """The JSON object of a request body; 400 when it is not one or nests deeper than ``max_depth``."""
-    if not raw:
-        raise bad_request("The request body is empty: send a JSON object.")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if exc.msg.startswith("depth limit"):  # orjson's own limit, far above ours
-            raise _too_deep(max_depth) from None
-        raise bad_request(
-            "We could not parse the JSON body of your request. The API expects a JSON payload, "
-            "but what was sent was not valid JSON."
-        ) from None
-    if not isinstance(data, dict):
-        raise bad_request("The request body must be a JSON object.")
-    if json_too_deep(raw, data, max_depth):
-        raise _too_deep(max_depth)
-    return data
-
-
-def _too_deep(limit: int) -> GatewayError:
-    return bad_request(
-        f"The JSON body of your request nests deeper than the limit of {limit} levels.",
-        code="json_too_deep",
-    )
-
-
-def _model_of(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if model is None:
-        raise bad_request("you must provide a model parameter", param="model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("`model` must be a non-empty string.", param="model")
-    return model
-
-
-def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
-    """Check what the gateway itself relies on; everything else is the upstream's to judge."""
-    model = _model_of(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request(
-            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
-        )
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("`messages` must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"`messages[{index}]` must be an object.", param=f"messages[{index}]")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise bad_request(
-                f"Invalid value for 'messages[{index}].role': {role!r}. Supported values are: "
-                "'system', 'developer', 'user', 'assistant' and 'tool'.",
-                param=f"messages[{index}].role",
-                code="invalid_value",
-            )
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("`stream` must be a boolean.", param="stream")
-    stream_options = body.get("stream_options")
-    if stream_options is not None:
-        if not stream:
-            raise bad_request(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-                code="invalid_value",
-            )
-        if not isinstance(stream_options, dict):
-            raise bad_request("`stream_options` must be an object.", param="stream_options")
-    return model, bool(stream)
-
-
-def validate_embeddings(body: dict[str, Any]) -> str:
-    model = _model_of(body)
-    data = body.get("input")
-    if data is None:
-        raise bad_request(
-            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
-        )
-    valid = (isinstance(data, str) and data != "") or (
-        isinstance(data, list)
-        and bool(data)
-        and (
-            all(isinstance(item, str) and item for item in data)
-            or all(isinstance(item, int) for item in data)
-            or all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in data)
-        )
-    )
-    if not valid:
-        raise bad_request(
-            "'input' must be a non-empty string, an array of non-empty strings, or token arrays.",
-            param="input",
-        )
-    encoding_format = body.get("encoding_format")
-    if encoding_format is not None and encoding_format not in ("float", "base64"):
-        raise bad_request(
-            f"Invalid value for 'encoding_format': {encoding_format!r}. "
-            "Supported values are: 'float' and 'base64'.",
-            param="encoding_format",
-            code="invalid_value",
-        )
-    return model
 
 
 class DisconnectWatch:

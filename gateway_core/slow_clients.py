@@ -9,7 +9,7 @@ Two deadlines from the ``server:`` section bound the time to a complete request:
   client gets ``408 Request Timeout`` and the connection is closed.
 - The body must arrive within ``body_timeout`` seconds plus one second per ``body_min_rate`` bytes
   received: a client sending steadily at that rate is never cut off, one that stalls or trickles is.
-  :func:`gateway_core.pipeline.read_body` enforces it with :class:`BodyPace`, answering 408 in the
+  :func:`gateway_core.request_body.read_body` enforces it with :class:`BodyPace`, answering 408 in the
   client's dialect and closing the connection.
 """
 

@@ -23,7 +23,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.exceptions import ValidationError as StorageLimit
 
 from gateway_core.errors import GatewayError, bad_request
-from gateway_core.pipeline import REQUEST_TIMEOUT, discard_body, parse_json_object, read_body
+from gateway_core.request_body import REQUEST_TIMEOUT, discard_body, parse_json_object, read_body
 from gateway_core.store import models
 from gateway_core.store.keys import notify_keys_changed
 from gateway_core.store.models import Role

@@ -132,7 +132,7 @@ class VertexGemini(GoogleGenerativeProvider):
 
     async def embeddings(self, call: ProviderCall) -> CompletedResponse:
         """Vertex's text-embedding ``predict`` method (``batchEmbedContents`` is AI Studio's)."""
-        from gateway_core.pipeline import validate_embeddings
+        from gateway_core.validation import validate_embeddings
 
         validate_embeddings(call.body)
         texts = call.body["input"] if isinstance(call.body["input"], list) else [call.body["input"]]
