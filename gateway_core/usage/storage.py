@@ -8,11 +8,11 @@ written twice (a replay after a crash) counts once. Rollup rows are locked (Post
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -20,8 +20,8 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway_core.usage import histogram
 from gateway_core.usage.records import COLUMNS, UsageEntry
 
-#: Rows per INSERT statement (27 parameters each keeps well under both databases' limits).
-ROWS_PER_STATEMENT = 500
+#: Most rows per statement (27 parameters each keeps well under both databases' limits).
+ROWS_PER_STATEMENT = 256
 #: The dimensions of a rollup row, in the order of the unique constraint.
 DIMENSIONS = ("model", "provider", "key_id", "user_id", "org_id")
 _KEY_COLUMNS = ("bucket", *DIMENSIONS)
@@ -125,6 +125,23 @@ def rollup_deltas(entries: Iterable[UsageEntry]) -> dict[RollupKey, RollupDelta]
     return deltas
 
 
+T = TypeVar("T")
+
+
+def statement_chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in slices whose sizes are powers of two up to :data:`ROWS_PER_STATEMENT` (largest
+    first), so the statements built from them come in a handful of shapes: the databases' clients
+    cache a prepared statement per distinct SQL text, and a shape per batch size would fill those
+    caches with large statements (tens of MB per worker)."""
+    start = 0
+    size = ROWS_PER_STATEMENT
+    while start < len(items):
+        while size > len(items) - start:
+            size //= 2
+        yield items[start : start + size]
+        start += size
+
+
 async def write_batch(connection: BaseDBAsyncClient, dialect: str, entries: Sequence[UsageEntry]) -> int:
     """Store the records not stored yet and add them to their rollups; returns how many were new.
 
@@ -132,8 +149,8 @@ async def write_batch(connection: BaseDBAsyncClient, dialect: str, entries: Sequ
     """
     unique = list({entry.event_id: entry for entry in entries}.values())
     new_ids: set[str] = set()
-    for start in range(0, len(unique), ROWS_PER_STATEMENT):
-        new_ids |= await _insert_records(connection, dialect, unique[start : start + ROWS_PER_STATEMENT])
+    for chunk in statement_chunks(unique):
+        new_ids |= await _insert_records(connection, dialect, chunk)
     new = [entry for entry in unique if entry.event_id in new_ids]
     if new:
         await _add_to_rollups(connection, dialect, rollup_deltas(new))
@@ -185,8 +202,7 @@ async def _locked_rows(
     """The stored rollup rows of ``keys``, locked until the transaction ends (PostgreSQL)."""
     found: dict[RollupKey, dict[str, Any]] = {}
     columns = ", ".join(("id", *_KEY_COLUMNS, *_COUNTERS))
-    for start in range(0, len(keys), ROWS_PER_STATEMENT):
-        chunk = keys[start : start + ROWS_PER_STATEMENT]
+    for chunk in statement_chunks(keys):
         params = Params(dialect)
         if dialect == "postgres":
             tuples = ", ".join(f"({params.take(len(_KEY_COLUMNS))})" for _ in chunk)
@@ -214,8 +230,7 @@ async def _insert_rollups(
 ) -> set[RollupKey]:
     """Create the rollup rows of ``keys`` with their deltas; returns the keys it created."""
     created: set[RollupKey] = set()
-    for start in range(0, len(keys), ROWS_PER_STATEMENT):
-        chunk = keys[start : start + ROWS_PER_STATEMENT]
+    for chunk in statement_chunks(keys):
         params = Params(dialect)
         rows = ", ".join(
             "("
