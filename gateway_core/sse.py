@@ -127,7 +127,63 @@ def checked_events(
     return b"".join(out), None
 
 
-class PassthroughStream(ChatStream):
+class CheckedSSEStream(ChatStream):
+    """An upstream's SSE stream forwarded event by event, each checked by :meth:`_tap` on the way.
+
+    Subclasses set :attr:`response` and :attr:`provider`, read each event in :meth:`_tap` (which sets
+    :attr:`_complete` at the stream's last event) and frame the client's error in
+    :meth:`_error_frame`. A refused event, a stream that ends before its last event or mid-event, a
+    reset or a timeout ends the client's stream with that error, after the events before it.
+    """
+
+    response: aiohttp.ClientResponse
+    provider: str
+    _complete: bool = False
+
+    def _tap(self, event: bytes) -> bytes | None:
+        """Check one raw event (without its blank line): the event to forward, None to drop it; raises
+        the client's error for an event it refuses."""
+        raise NotImplementedError
+
+    def _error_frame(self, error: GatewayError) -> bytes:
+        """The event that ends the client's stream with ``error``."""
+        raise NotImplementedError
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        framer = SSEFramer()
+        try:
+            try:
+                async for chunk in self.response.content.iter_any():
+                    out, failed = checked_events(framer.feed(chunk), self._tap)
+                    if out:  # the events before a failing one are the client's
+                        yield out
+                    if failed is not None:
+                        raise failed
+                rest = framer.rest()
+                if rest and not self._complete:
+                    kept = self._tap(rest)
+                    if kept is not None:
+                        yield kept + b"\n\n"
+                if not self._complete:
+                    log.warning("upstream %s ended the stream early", self.provider)
+                    raise ended_early(self.provider)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
+                raise transport_error(exc, self.provider) from None
+        except GatewayError as error:
+            if error.code == "upstream_malformed_event":
+                log.warning("upstream %s sent a malformed stream event", self.provider)
+            self.error = error
+            yield self._error_frame(error)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        # aiohttp pools the connection only when the body was read to the end, and closes it otherwise.
+        self.response.release()
+
+
+class PassthroughStream(CheckedSSEStream):
     """Forwards an OpenAI-compatible upstream stream event by event.
 
     The bytes of each event are passed on untouched once its ``data`` parsed as a JSON object (about a
@@ -157,35 +213,6 @@ class PassthroughStream(ChatStream):
         self.usage: Usage | None = None
         self._complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        framer = SSEFramer()
-        try:
-            try:
-                async for chunk in self.response.content.iter_any():
-                    out, failed = checked_events(framer.feed(chunk), self._tap)
-                    if out:  # the events before a failing one are the client's
-                        yield out
-                    if failed is not None:
-                        raise failed
-                rest = framer.rest()
-                if rest and not self._complete:
-                    kept = self._tap(rest)
-                    if kept is not None:
-                        yield kept + b"\n\n"
-                if not self._complete:
-                    log.warning("upstream %s ended the stream without [DONE]", self.provider)
-                    raise ended_early(self.provider)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                log.warning("stream from %s failed: %s", self.provider, type(exc).__name__)
-                raise transport_error(exc, self.provider) from None
-        except GatewayError as error:
-            if error.code == "upstream_malformed_event":
-                log.warning("upstream %s sent a malformed stream event", self.provider)
-            self.error = error
-            yield error_event(error)
-        finally:
-            self.close()
-
     def _tap(self, event: bytes) -> bytes | None:
         """Check one event and read its usage; return the event to forward, or None.
 
@@ -209,9 +236,8 @@ class PassthroughStream(ChatStream):
             return None
         return event
 
-    def close(self) -> None:
-        # aiohttp pools the connection only when the body was read to the end, and closes it otherwise.
-        self.response.release()
+    def _error_frame(self, error: GatewayError) -> bytes:
+        return error_event(error)
 
 
 class SSEParser:

@@ -27,15 +27,7 @@ from gateway_core.credentials import Credential
 from gateway_core.dialects import anthropic as dialect
 from gateway_core.http import ErrorDecoder, forwarded_headers, read_json
 from gateway_core.redaction import Redactor
-from gateway_core.sse import (
-    ChunkStream,
-    SSEFramer,
-    SSEParser,
-    checked_events,
-    ended_early,
-    event_object,
-    transport_error,
-)
+from gateway_core.sse import CheckedSSEStream, ChunkStream, SSEParser, ended_early, event_object
 
 DEFAULT_VERSION = "2023-06-01"
 #: Messages fields the count-tokens endpoint does not take.
@@ -96,7 +88,7 @@ def error_frame(error: GatewayError) -> bytes:
     return b"event: error\ndata: " + dialect.encode_error(error) + b"\n\n"
 
 
-class AnthropicPassthroughStream(ChatStream):
+class AnthropicPassthroughStream(CheckedSSEStream):
     """Forwards an Anthropic stream to an Anthropic client event by event, reading only its usage.
 
     Each event's bytes are passed on untouched once its data parsed as a JSON object. An upstream
@@ -121,28 +113,8 @@ class AnthropicPassthroughStream(ChatStream):
         self._usage: dict[str, Any] = {}
         self._complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        framer = SSEFramer()
-        try:
-            try:
-                async for raw in self.response.content.iter_any():
-                    out, failed = checked_events(framer.feed(raw), self._tap)
-                    if out:  # the events before a failing one are the client's
-                        yield out
-                    if failed is not None:
-                        raise failed
-                rest = framer.rest()
-                if rest:
-                    yield self._tap(rest) + b"\n\n"
-                if not self._complete:
-                    raise ended_early(self.provider)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise transport_error(exc, self.provider) from None
-        except GatewayError as error:
-            self.error = error
-            yield error_frame(error)
-        finally:
-            self.close()
+    def _error_frame(self, error: GatewayError) -> bytes:
+        return error_frame(error)
 
     def _tap(self, event: bytes) -> bytes:
         """Check one event and read its usage; return it, or raise the client's error for a
@@ -166,9 +138,6 @@ class AnthropicPassthroughStream(ChatStream):
         if isinstance(usage, dict) and usage:
             self._usage.update(usage)
             self.usage = usage_from_anthropic(self._usage)
-
-    def close(self) -> None:
-        self.response.release()
 
 
 def _fields(event: bytes) -> tuple[bytes | None, bytes | None]:
