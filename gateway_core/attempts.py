@@ -158,13 +158,12 @@ def no_deployment_error(ctx: RequestContext, group: ModelGroup, limited_for: flo
             code="rate_limit_exceeded",
             headers=retry,
         )
-    error = upstream_error(
+    return upstream_error(
         f"No deployment of the model `{group.name}` is available now (all are failing or cooling down).",
         status=503,
         code="no_healthy_deployment",
+        headers=retry,
     )
-    error.headers.update(retry)
-    return error
 
 
 class Attempts:

@@ -87,8 +87,16 @@ def model_not_allowed(model: str) -> GatewayError:
     )
 
 
-def upstream_error(message: str, *, status: int = 502, code: str = "upstream_error") -> GatewayError:
-    return GatewayError(status, message, type="server_error" if status < 504 else "timeout", code=code)
+def upstream_error(
+    message: str,
+    *,
+    status: int = 502,
+    code: str = "upstream_error",
+    headers: Mapping[str, str] | None = None,
+) -> GatewayError:
+    return GatewayError(
+        status, message, type="server_error" if status < 504 else "timeout", code=code, headers=headers
+    )
 
 
 class DeploymentLimited(GatewayError):

@@ -135,13 +135,12 @@ def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str], pr
     detail = f": {upstream_message}" if upstream_message else ""
     if status in (503, 529) and retry:
         # Overloaded, with a hint of when to come back: honoured like a 429's, and passed on.
-        overloaded = upstream_error(
+        return upstream_error(
             f"The upstream provider {provider!r} is overloaded; retry later{detail}",
             status=503,
             code="upstream_overloaded",
+            headers=retry,
         )
-        overloaded.headers.update(retry)
-        return overloaded
     return upstream_error(f"The upstream provider {provider!r} failed with status {status}{detail}")
 
 
