@@ -99,6 +99,7 @@ class CappedStream(ChatStream):
         self.cut = True
         prompt = estimate_prompt_tokens(self.ctx.body)
         self._usage = Usage(prompt, self.relayed, prompt + self.relayed)
+        self._usage.estimated = True  # the gateway counted it, not the upstream
 
     # --- bytes: SSE events in the stream's own dialect ---------------------------------------------
 

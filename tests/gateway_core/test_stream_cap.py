@@ -80,6 +80,7 @@ async def test_an_anthropic_stream_cut_anywhere_ends_with_whole_events(size: int
     assert [name for name, _ in events[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
     assert datas[-2]["delta"]["stop_reason"] == "max_tokens" and datas[-2]["usage"]["output_tokens"] == 5
     assert stream.usage is not None and stream.usage.completion_tokens == 5
+    assert stream.usage.estimated  # recorded as the gateway's count (tokens_estimated)
 
 
 @pytest.mark.parametrize("size", [1, 13, 100_000])
