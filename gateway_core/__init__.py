@@ -3,7 +3,7 @@
 from gateway_core.balancing import Balancer
 from gateway_core.commands import Command
 from gateway_core.config import DeploymentConfig, GatewayConfig, load_config, parse_config
-from gateway_core.dlp import DlpFilter
+from gateway_core.dlp.filter import DlpFilter, Finding
 from gateway_core.errors import ConfigError, GatewayError, bad_request
 from gateway_core.gateway import Gateway
 from gateway_core.hookspecs import hookimpl
@@ -28,6 +28,7 @@ __all__ = [
     "DeploymentConfig",
     "DlpFilter",
     "ExtraRoute",
+    "Finding",
     "Gateway",
     "GatewayConfig",
     "GatewayError",

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from gateway_core.address_guard import scheme_problem
+from gateway_core.dlp.policy import DlpConfig
 from gateway_core.errors import ConfigError
 from gateway_core.json_depth import DEFAULT_MAX_DEPTH, HIGHEST_MAX_DEPTH
 
@@ -550,6 +551,7 @@ class GatewayConfig(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    dlp: DlpConfig | None = Field(None, description="data-loss prevention: filters and policies (docs/dlp.md)")
     #: Named providers clients address as ``NAME/UPSTREAM-MODEL``.
     providers: dict[str, ProviderDefaultsConfig] = Field(default_factory=dict)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)

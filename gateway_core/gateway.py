@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from gateway_core.address_guard import record_guard
 from gateway_core.balancing import Balancer
 from gateway_core.config import GatewayConfig
-from gateway_core.dlp import DlpFilter
+from gateway_core.dlp.filter import DlpFilter
 from gateway_core.errors import (
     ConfigError,
     GatewayError,

@@ -28,7 +28,7 @@ import pluggy
 if TYPE_CHECKING:
     from gateway_core.balancing import Balancer
     from gateway_core.commands import Command
-    from gateway_core.dlp import DlpFilter
+    from gateway_core.dlp.filter import DlpFilter
     from gateway_core.gateway import Gateway
     from gateway_core.providers import Provider
     from gateway_core.routes import ExtraRoute
