@@ -106,5 +106,8 @@ class RequestContext:
     output_cap: int | None = None
     #: Extra headers for the client's answer (success or error), e.g. ``x-ratelimit-*`` set by policies.
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: What the DLP filters found: counts by (entity type, direction, action), the values never kept.
+    #: None when no filter ran. A filter that failed under ``on_error: allow`` counts as type ``error``.
+    dlp_findings: dict[tuple[str, str, str], int] | None = None
     #: Free space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)
