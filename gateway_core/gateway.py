@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from gateway_core.address_guard import record_guard
 from gateway_core.balancing import Balancer
 from gateway_core.config import GatewayConfig
+from gateway_core.dlp.engine import Dlp
 from gateway_core.dlp.filter import DlpFilter
 from gateway_core.errors import (
     ConfigError,
@@ -72,6 +73,19 @@ class Gateway:
         self.plugins.fill("lockgate_register_balancers", self.balancers)
         self.plugins.fill("lockgate_register_dlp_filters", self.dlp_filters)
         self.plugins.register_all("lockgate_register_routes", self.extra_routes.append)
+        #: Data-loss prevention: the configured filters and policies (None without ``dlp.filters``).
+        self.dlp: Dlp | None = None
+        if config.dlp is not None:
+            if not config.dlp.filters:
+                raise ConfigError(
+                    f"{config.source}: dlp: name the filters to run under dlp.filters (e.g. pii_patterns: {{}})"
+                )
+            self.dlp = Dlp(
+                config.dlp,
+                self.dlp_filters,
+                source=config.source,
+                secrets_key=config.secrets.key.get_secret_value() if config.secrets is not None else None,
+            )
         self.http = HttpClient(config.http, secrets=config.resolved_secrets)
         #: The session of deployments managed in the database: it connects only to public addresses and
         #: to what ``admin.allowed_upstreams`` (and the configuration's proxy pools) let through.
@@ -199,6 +213,8 @@ class Gateway:
             if self.balancer_sync is not None:
                 self.balancer_sync.start()
             await self.plugins.call_all("lockgate_startup", gateway=self)
+            if self.dlp is not None:
+                await self.dlp.start()
             await self.events.wait_subscribed()
             if self.usage_log is not None:
                 await self.usage_log.start()
@@ -221,6 +237,8 @@ class Gateway:
         try:
             await self.plugins.call_each("lockgate_shutdown", gateway=self)
             await self.counters.stop()
+            if self.dlp is not None:
+                await self.dlp.stop()
         finally:
             await self._close_resources()
 

@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
+from gateway_core.dlp.engine import DlpSession
 from gateway_core.errors import GatewayError, upstream_error
 from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
@@ -281,6 +282,12 @@ class ModelEndpoint:
                 await gateway.check_policies(ctx)
             wire_name = wire.name
             keep_raw = raw if decoded.keep_raw else None
+            dlp = gateway.dlp.session(ctx) if gateway.dlp is not None else None
+            if dlp is not None and await dlp.filter_request(wire_name, self.endpoint, client_body):
+                keep_raw = None  # the client's bytes hold what the filters took out
+                if wire is not OPENAI:  # the OpenAI dialect's canonical body is the client's, filtered
+                    decoded = wire.decode(self.endpoint, client_body)
+                    body = ctx.body = decoded.body
             native_body = None if wire is OPENAI else client_body
 
             def make_call(deployment: Deployment) -> ProviderCall:
@@ -297,6 +304,9 @@ class ModelEndpoint:
             deployment = ctx.deployment
             assert deployment is not None
             if isinstance(result, CompletedResponse):
+                if dlp is not None:
+                    ctx.usage = result.usage  # used even when the answer is blocked
+                    result = await dlp.filter_response(result)
                 answer = wire.encode(ctx, result)
                 watch.stop()  # the answer is complete: the client's leaving no longer changes it
                 _finish(ctx, 200, None, result.usage, settle)
@@ -311,9 +321,9 @@ class ModelEndpoint:
                 await send({"type": "http.response.start", "status": 200, "headers": response_headers})
                 await send({"type": "http.response.body", "body": answer})
             else:
-                await self._relay(ctx, result, send, settle, id_header, watch)
+                await self._relay(ctx, result, send, settle, id_header, watch, dlp)
         except GatewayError as error:
-            _finish(ctx, error.status, error, None, settle)
+            _finish(ctx, error.status, error, ctx.usage, settle)
             if body_read or error.status == REQUEST_TIMEOUT or await self._drain(receive, headers):
                 extra = _context_headers(ctx)
                 if ctx.deployment is not None:
@@ -364,8 +374,11 @@ class ModelEndpoint:
         settle: bool,
         id_header: tuple[bytes, bytes],
         watch: DisconnectWatch,
+        dlp: DlpSession | None,
     ) -> None:
         stream = cap_stream(ctx, stream)
+        if dlp is not None:  # outside the cap, so the cap's ending releases what DLP holds back
+            stream = dlp.stream(stream)
         headers = [*_STREAM_HEADERS, id_header]
         if ctx.deployment is not None:
             headers.append((b"x-lockgate-deployment", ctx.deployment.header_value))

@@ -41,7 +41,6 @@ class _PolicyFields(BaseModel):
     )
 
 
-
 class DlpOverride(_PolicyFields):
     """A DLP policy that names only what it changes (per model group, organization or key)."""
 
@@ -68,9 +67,7 @@ class DlpConfig(_PolicyFields):
         ge=64,
         description="the most characters of a streamed answer held back while they could become a match",
     )
-    models: dict[str, DlpOverride] = Field(
-        default_factory=dict, description="overrides by model group name"
-    )
+    models: dict[str, DlpOverride] = Field(default_factory=dict, description="overrides by model group name")
     organizations: dict[str, DlpOverride] = Field(
         default_factory=dict, description="overrides by organization id or name"
     )
