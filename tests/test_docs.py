@@ -28,7 +28,7 @@ import openai
 import pytest
 import yaml
 
-from gateway_core import ConfigError, Gateway, RequestContext, hookspecs, parse_config
+from gateway_core import ConfigError, Gateway, NoOptions, hookspecs, parse_config
 from gateway_core.cli import build_parser
 from gateway_core.plugins import PluginHost
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
@@ -225,16 +225,19 @@ def test_example_lockgate_register_balancers_prefers_the_idle_first_deployment(s
     assert answers == ["primary"] * 3  # round_robin would alternate
 
 
-async def test_example_lockgate_register_dlp_filters_redacts(load_example: Callable[[str], Example]) -> None:
-    example = load_example("lockgate_register_dlp_filters")
-    gateway = Gateway(parse_config({}), extra_plugins=[(example.name, example.module)])
-    dlp_filter = gateway.dlp_filters.get("redact_emails")({})
-    ctx = RequestContext(gateway, "req_test", "chat", "openai", {})
-    body = {"messages": [{"role": "user", "content": "Mail ada@example.org please"}]}
-    assert await dlp_filter.filter_request(ctx, body) is True
-    assert body["messages"][0]["content"] == "Mail [email] please"
-    assert await dlp_filter.filter_request(ctx, body) is False
-    assert dlp_filter.filter_text(ctx, "from bob@example.com") == "from [email]"
+def test_example_lockgate_register_dlp_filters_pseudonymizes(serve_example: Serve) -> None:
+    server, example = serve_example("lockgate_register_dlp_filters")
+    with sdk(server) as client:
+        # The mock model echoes what it received: the placeholder, restored on the way back.
+        assert ask(client, "assistant", "Promote EMP-123456 today") == "Promote EMP-123456 today"
+    config = example.section.config or {}
+    redacting = {**config, "dlp": {**config["dlp"], "entities": {"EMPLOYEE_ID": "redact"}}}
+    server, _ = serve_example("lockgate_register_dlp_filters", redacting)
+    with sdk(server) as client:
+        assert ask(client, "assistant", "Promote EMP-123456 today") == "Promote [EMPLOYEE_ID] today"
+    employee_numbers = example.module.EmployeeNumbers(NoOptions())
+    assert employee_numbers.holdback("Promote EMP-12", frozenset()) == len("Promote ")
+    assert employee_numbers.holdback("Promote EMP-123456 now", frozenset()) == len("Promote EMP-123456 now")
 
 
 def test_example_lockgate_register_routes_needs_a_key(serve_example: Serve) -> None:

@@ -125,10 +125,12 @@ class Dlp:
         elif secrets_key is not None:
             master = hmac.new(secrets_key.encode(), b"lockgate-dlp-hash", hashlib.sha256).digest()
         self.hash_master = master
+        # Without a list of types, every type the filters find is redacted; with one, only those listed
+        # (and ``*``) are acted on. Overrides change types one by one.
         self._base = DlpOverride(
             enabled=config.enabled,
             direction=config.direction,
-            entities=config.entities,
+            entities=config.entities or {EVERY_TYPE: "redact"},
             on_error=config.on_error,
         )
         self._policies: OrderedDict[tuple[Any, ...], Policy] = OrderedDict()
@@ -183,7 +185,7 @@ class Dlp:
     def _compile(self, layers: list[DlpOverride]) -> Policy:
         merged = _merge(layers)
         entities: dict[str, Action] = merged["entities"]
-        default: Action = entities.get(EVERY_TYPE, "redact" if not entities else "off")
+        default: Action = entities.get(EVERY_TYPE, "off")
         actions = {t: a for t, a in entities.items() if t != EVERY_TYPE}
         names = merged.get("filters")
         if names is None:

@@ -19,6 +19,7 @@ from gateway_core import (
     Deployment,
     DlpFilter,
     ExtraRoute,
+    Finding,
     Gateway,
     RequestContext,
     authenticate_request,
@@ -105,9 +106,10 @@ def test_a_route_may_not_shadow_a_core_route() -> None:
 
 class Upper(DlpFilter):
     name = "upper"
+    entity_types = frozenset({"UPPER"})
 
-    def filter_text(self, ctx: RequestContext, text: str) -> str:
-        return text.upper()
+    def find(self, text: str, entity_types: frozenset[str]) -> list[Finding]:
+        return [Finding("UPPER", i, i + 1) for i, c in enumerate(text) if c.isupper()]
 
 
 def test_registered_dlp_filters_are_in_the_registry() -> None:
