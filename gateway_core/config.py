@@ -551,7 +551,9 @@ class GatewayConfig(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
-    dlp: DlpConfig | None = Field(None, description="data-loss prevention: filters and policies (docs/dlp.md)")
+    dlp: DlpConfig | None = Field(
+        None, description="data-loss prevention: filters and policies (docs/dlp.md)"
+    )
     #: Named providers clients address as ``NAME/UPSTREAM-MODEL``.
     providers: dict[str, ProviderDefaultsConfig] = Field(default_factory=dict)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
