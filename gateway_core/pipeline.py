@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.dlp.engine import DlpSession
+from gateway_core.dlp.texts import REQUEST_TEXTS
 from gateway_core.errors import GatewayError, upstream_error
 from gateway_core.estimates import Relayed, cut_stream_usage
 from gateway_core.gateway import Gateway
@@ -245,6 +246,9 @@ class ModelEndpoint:
     """ASGI endpoint for a model call (chat or embeddings) in one client dialect."""
 
     def __init__(self, gateway: Gateway, endpoint: Endpoint, wire: WireFormat = OPENAI) -> None:
+        if (wire.name, endpoint) not in REQUEST_TEXTS:
+            # Every model route says where its texts are, so DLP filters it (gateway_core.dlp.texts).
+            raise ValueError(f"no DLP walker for {endpoint} requests in the {wire.name} dialect")
         self.gateway = gateway
         self.endpoint: Endpoint = endpoint
         self.wire = wire

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway_core import ConfigError, GatewayError, Principal
+from gateway_core import ConfigError, Gateway, GatewayError, Principal
 from gateway_core.dlp.engine import Dlp
 from gateway_core.dlp.policy import DlpConfig
 from gateway_core.providers import CompletedResponse
@@ -318,3 +318,12 @@ async def test_a_blocked_answer_is_refused() -> None:
     dlp = await session({"direction": "response", "entities": {"*": "block"}})
     with pytest.raises(GatewayError, match="answer was blocked"):
         await dlp.filter_response(answer(VALUE))
+
+
+def test_a_model_route_must_say_where_its_texts_are() -> None:
+    from gateway_core import parse_config
+    from gateway_core.pipeline import ModelEndpoint
+
+    gateway = Gateway(parse_config({}))
+    with pytest.raises(ValueError, match="no DLP walker for count_tokens requests in the openai dialect"):
+        ModelEndpoint(gateway, "count_tokens")
