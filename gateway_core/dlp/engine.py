@@ -345,9 +345,8 @@ class DlpSession:
             key = (ERROR_TYPE, direction, "allow")
             counts[key] = counts.get(key, 0) + 1
             return
-        log.error(
-            "request %s refused: DLP filter %s %s (%s)", self.ctx.request_id, dlp_filter.name, reason, exc
-        )
+        # The exception's message is left out: a filter may quote the text it was given.
+        log.error("request %s refused: DLP filter %s %s", self.ctx.request_id, dlp_filter.name, reason)
         raise dlp_unavailable() from None
 
     async def filter_request(self, dialect: str, endpoint: str, body: dict[str, Any]) -> bool:

@@ -39,13 +39,13 @@ class Emails(DlpFilter):
 
 
 class Broken(DlpFilter):
-    """Raises on every text."""
+    """Raises on every text, quoting it (the log must not repeat it)."""
 
     name = "broken"
     entity_types = frozenset({"EMAIL_ADDRESS"})
 
     def find(self, text: str, entity_types: frozenset[str]) -> Iterable[Finding]:
-        raise RuntimeError("the detector crashed")
+        raise RuntimeError(f"the detector crashed on {text!r}")
 
 
 class Slow(DlpFilter):

@@ -264,11 +264,15 @@ async def test_the_longest_of_overlapping_findings_wins() -> None:
 
 
 @pytest.mark.parametrize("name", ["broken", "slow"])
-async def test_a_failing_or_slow_filter_refuses_the_request(name: str) -> None:
+async def test_a_failing_or_slow_filter_refuses_the_request(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     dlp = await session({"filters": {name: {}}, "timeout": 0.05})
     with pytest.raises(GatewayError) as raised:
-        await dlp.filter_request("openai", "chat", {"messages": [{"role": "user", "content": "hi"}]})
+        await dlp.filter_request("openai", "chat", {"messages": [{"role": "user", "content": VALUE}]})
     assert (raised.value.status, raised.value.code) == (503, "dlp_unavailable")
+    assert f"DLP filter {name}" in caplog.text
+    assert VALUE not in caplog.text and VALUE not in raised.value.message
 
 
 async def test_on_error_allow_lets_the_text_through_and_says_so_every_time(
