@@ -3,6 +3,7 @@ checked against the configuration, and seen by the very next request of the key.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +49,11 @@ def shown(**fields: Any) -> dict[str, Any]:
     return {"enabled": None, "direction": None, "entities": {}, "on_error": None, "filters": None, **fields}
 
 
-def chat(admin: Admin, secret: str) -> None:
+def chat(admin: Admin, secret: str, content: str = "hi") -> None:
     response = admin.client.post(
         "/v1/chat/completions",
         headers={"Authorization": f"Bearer {secret}"},
-        json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "mock", "messages": [{"role": "user", "content": content}]},
     )
     assert response.status_code == 200, response.text
 
@@ -206,3 +207,28 @@ def test_changed_overrides_reach_the_next_request_at_once(admin: Admin, spy: Dlp
     principal = last_principal(admin, spy, key["secret"])
     assert "dlp" not in principal.metadata
     assert principal.metadata["org_dlp"] == {"enabled": False}
+
+
+def test_a_key_s_override_applies_and_the_findings_reach_its_usage_records(admin: Admin) -> None:
+    masking = admin.post(
+        "/keys", json={"name": unique("mask"), "dlp": {"entities": {"EMAIL_ADDRESS": "mask"}}}
+    )
+    plain = admin.post("/keys", json={"name": unique("plain")})
+    keys = {"mask": masking.json(), "redact": plain.json()}
+    for key in keys.values():
+        chat(admin, key["secret"], "write to bob@example.com or to alice@example.org")
+        chat(admin, key["secret"], "nothing to hide")
+
+    for action, key in keys.items():
+        records: list[dict[str, Any]] = []
+        for _ in range(100):  # written within usage.flush_seconds; 10 s at most
+            records = admin.get("/usage", params={"key_id": key["id"]}).json()["data"]
+            if len(records) == 2:
+                break
+            time.sleep(0.1)
+        assert sorted((r["dlp_findings"] for r in records), key=len) == [
+            [],
+            [{"type": "EMAIL_ADDRESS", "direction": "request", "action": action, "count": 2}],
+        ]
+        found = admin.get("/usage", params={"key_id": key["id"], "dlp": "true"}).json()["data"]
+        assert [r["dlp_findings"][0]["action"] for r in found] == [action]
