@@ -14,13 +14,14 @@ from typing import Any
 
 from tortoise.expressions import Q
 
-from gateway_core.admin import schemas
+from gateway_core.admin import dlp, schemas
 from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, not_found, unprocessable
 from gateway_core.store import keys, models
 from gateway_core.store.models import Role
 
 
 def key_out(key: models.ApiKey) -> dict[str, Any]:
+    metadata, override = dlp.shown(key.metadata)
     return {
         "id": key.id,
         "name": key.name,
@@ -30,7 +31,8 @@ def key_out(key: models.ApiKey) -> dict[str, Any]:
         "org_id": key.org_id,  # type: ignore[attr-defined]
         "models": key.allowed_models,
         "scopes": key.scopes or [],
-        "metadata": key.metadata or {},
+        "metadata": metadata,
+        "dlp": override,
         "rpm_limit": key.rpm_limit,
         "tpm_limit": key.tpm_limit,
         "max_parallel": key.max_parallel,
@@ -109,6 +111,7 @@ async def create_key(call: Call) -> schemas.CreatedKey:
         org_id = caller.org_id  # a scoped user's keys belong to their organization by default
     if body.expires_at is not None and _utc(body.expires_at) <= datetime.now(UTC):
         raise unprocessable("expires_at is in the past.", param="expires_at")
+    metadata = dlp.stored_metadata(call, body)
     record, secret = await keys.create_key(
         body.name,
         user=owner,
@@ -116,7 +119,7 @@ async def create_key(call: Call) -> schemas.CreatedKey:
         models=body.models,
         expires_at=body.expires_at,
         scopes=body.scopes,
-        metadata=body.metadata,
+        metadata=metadata,
         rpm_limit=body.rpm_limit,
         tpm_limit=body.tpm_limit,
         max_parallel=body.max_parallel,
@@ -136,8 +139,9 @@ async def update_key(call: Call) -> schemas.Key:
     changes = body.model_dump(exclude_unset=True)
     if "models" in changes:
         changes["allowed_models"] = changes.pop("models")
-    if "metadata" in changes and changes["metadata"] is None:
-        changes["metadata"] = {}
+    if "metadata" in changes or "dlp" in changes:
+        changes.pop("dlp", None)
+        changes["metadata"] = dlp.stored_metadata(call, body, key.metadata)
     if "budget_limit" in changes:
         changes["budget_limit"] = schemas.to_decimal(body.budget_limit)
     if changes.get("expires_at") is not None:
@@ -189,7 +193,7 @@ OPERATIONS = [
         role=Role.WRITE,
         body=schemas.KeyUpdate,
         response=schemas.Key,
-        description="Change the name, allowed models, expiry, metadata, limits or budget.",
+        description="Change the name, allowed models, expiry, metadata, DLP override, limits or budget.",
         errors=(404,),
     ),
     Operation(

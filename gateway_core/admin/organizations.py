@@ -12,7 +12,7 @@ import uuid
 
 from tortoise.exceptions import IntegrityError
 
-from gateway_core.admin import schemas
+from gateway_core.admin import dlp, schemas
 from gateway_core.admin.api import (
     Call,
     Operation,
@@ -28,11 +28,13 @@ from gateway_core.store.models import Role
 
 
 def org_out(org: models.Organization) -> schemas.Organization:
+    metadata, override = dlp.shown(org.metadata)
     return schemas.Organization(
         id=org.id,
         name=org.name,
         parent_id=org.parent_id,  # type: ignore[attr-defined]
-        metadata=org.metadata or {},
+        metadata=metadata,
+        dlp=override,
         budget_limit=float(org.budget_limit) if org.budget_limit is not None else None,
         budget_period=org.budget_period,
         created_at=org.created_at,
@@ -93,11 +95,12 @@ async def create_organization(call: Call) -> schemas.Organization:
     await _check_parent(call, body.parent_id)
     if await models.Organization.exists(name=body.name):
         raise _duplicate(body.name)
+    metadata = dlp.stored_metadata(call, body)
     try:
         org = await models.Organization.create(
             name=body.name,
             parent_id=body.parent_id,
-            metadata=body.metadata,
+            metadata=metadata,
             budget_limit=schemas.to_decimal(body.budget_limit),
             budget_period=body.budget_period,
         )
@@ -127,8 +130,9 @@ async def update_organization(call: Call) -> schemas.Organization:
                         param="parent_id",
                     )
                 ancestor = parents.get(ancestor)
-    if "metadata" in changes and body.metadata is None:
-        changes["metadata"] = {}
+    if "metadata" in changes or "dlp" in changes:
+        changes.pop("dlp", None)
+        changes["metadata"] = dlp.stored_metadata(call, body, org.metadata)
     if "budget_limit" in changes:
         changes["budget_limit"] = schemas.to_decimal(body.budget_limit)
     org.update_from_dict(changes)
@@ -136,7 +140,7 @@ async def update_organization(call: Call) -> schemas.Organization:
         await org.save()
     except IntegrityError:
         raise _duplicate(str(body.name)) from None
-    # Keys carry their organization's name and budget: let every gateway reload them.
+    # Keys carry their organization's name, budget and DLP override: let every gateway reload them.
     await call.keys_changed(org_id=org.id)
     return org_out(org)
 

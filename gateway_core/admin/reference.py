@@ -89,6 +89,26 @@ curl -X PATCH http://127.0.0.1:8080/admin/api/users/$USER_ID \\
   -d '{"metadata": {"limits": {"rpm": 10}, "quotas": {"tokens": {"month": 2000000}}}}'
 ```
 
+## DLP overrides of keys and organizations
+
+A key and an organization may carry a DLP override (see [DLP](dlp.md)): a policy that names only
+what it changes. For a request the gateway takes its own policy, then the model group's, the
+organizations' (the farthest ancestor first) and last the key's: each field an override sets
+replaces the one before, and `entities` merge type by type. The override is set and shown as the
+field `dlp` and stored in `metadata.dlp`, where the gateway reads it; answers show it as `dlp` only, and a `metadata` given in a
+body may not hold a `dlp` of its own (422). A `PATCH` with `metadata` keeps the override, one with
+`dlp` keeps the metadata, and `"dlp": null` removes the override. A bad action, an entity type that is
+not upper case or an unknown field answers 400; a filter not listed under `dlp.filters` of the
+configuration, or the `hash` action when the gateway has no key to hash with (`dlp.hash_key` or
+`secrets.key`), answers 422 naming the field. Like every change to keys and organizations, a new
+override reaches every gateway's key cache at once: the next request uses it.
+
+```sh
+curl -X PATCH http://127.0.0.1:8080/admin/api/keys/$KEY_ID \\
+  -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \\
+  -d '{"dlp": {"entities": {"EMAIL_ADDRESS": "mask", "US_SSN": "block"}, "direction": "both"}}'
+```
+
 ## Conventions
 
 - Bodies are JSON (`Content-Type: application/json`), at most `server.max_body_bytes`; unknown fields
@@ -100,9 +120,9 @@ curl -X PATCH http://127.0.0.1:8080/admin/api/users/$USER_ID \\
 - Errors are OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`, naming the field in
   `param`. A 400 is a request this document refuses (a wrong type, a value out of range, an unknown
   body field or query parameter, `null` for a field that cannot be null); a 422 is a well-formed one
-  refused for what it refers to (an organization, user, provider or model that does not exist, a date
-  in the past, a loop of organizations). 401 answers carry `WWW-Authenticate: Bearer`; a method a path
-  does not have is a 405 whose `Allow` lists the ones it has.
+  refused for what it refers to (an organization, user, provider, model or DLP filter that does not
+  exist, a date in the past, a loop of organizations). 401 answers carry `WWW-Authenticate: Bearer`;
+  a method a path does not have is a 405 whose `Allow` lists the ones it has.
 - Values are read as JSON types: `true`/`false` for booleans (not `0`/`1`), integers (`3` or `3.0`,
   not `3.5` or `"3"`), date-times as ISO 8601 strings (UTC when they name no zone), and amounts in USD
   as a number (rounded to 8 decimals) or a plain decimal string such as `"0.15"` (exact).

@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
 
 from gateway_core.admin.fields import NONBLANK, WHOLE, Amount, JsonObject, Timestamp, keep
+from gateway_core.dlp import policy
 from gateway_core.store.models import BudgetPeriod, Role
 
 #: A decimal amount (USD, prices) written in plain notation in JSON: ``"0.00000000"``, never ``"0E-8"``.
@@ -51,6 +52,10 @@ def to_decimal(amount: float | None) -> Decimal | None:
 
 
 Metadata = Annotated[JsonObject, Field(description="free-form JSON object")]
+OwnerMetadata = Annotated[
+    JsonObject,
+    Field(description="free-form JSON object; the DLP override is set with `dlp`, not in here"),
+]
 UserMetadata = Annotated[
     JsonObject,
     Field(
@@ -122,13 +127,67 @@ class TokenPair(BaseModel):
     refresh_expires_in: int = Field(description="seconds until the refresh token expires")
 
 
+# --- DLP overrides -----------------------------------------------------------------------------------
+
+_ENTITY_TYPE = r"^(\*|[A-Z][A-Z0-9_]*)$"
+#: An entity type as the DLP filters report it (``EMAIL_ADDRESS``), or ``*`` for every type not listed.
+EntityType = Annotated[str, StringConstraints(pattern=_ENTITY_TYPE, max_length=100)]
+#: Entity types and their actions. Described with ``propertyNames``: pydantic's ``patternProperties``
+#: would let the document accept keys the server refuses.
+Entities = Annotated[
+    dict[EntityType, policy.Action],
+    Field(max_length=200),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _ENTITY_TYPE, "maxLength": 100},
+            "additionalProperties": {"type": "string", "enum": list(get_args(policy.Action))},
+            "maxProperties": 200,
+        }
+    ),
+]
+FilterName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class DlpOverride(policy.DlpOverride):
+    """A DLP policy that names only what it changes; see docs/dlp.md.
+
+    For a request, the gateway's policy is taken, then the model group's, the organizations' (the
+    farthest ancestor first), then the key's: each field set replaces the one before, and `entities`
+    are merged type by type. `filters` must be configured (`dlp.filters`) and the `hash` action needs
+    `dlp.hash_key` or `secrets.key` in the configuration (422 otherwise).
+    """
+
+    entities: Entities = Field(
+        default_factory=dict,
+        description="the action per entity type (upper case, e.g. `EMAIL_ADDRESS`); `*` sets it for every "
+        "type not listed",
+    )
+    filters: list[FilterName] | None = Field(
+        None,
+        max_length=100,
+        description="which of the configured filters run (default: all of `dlp.filters`)",
+    )
+
+
+_KEY_DLP = (
+    "the key's DLP override (stored in `metadata.dlp`): what it sets replaces the policy of its "
+    "organizations and of the gateway; null: none"
+)
+_ORG_DLP = (
+    "the DLP override of the keys of this organization and of its descendants (stored in "
+    "`metadata.dlp`); null: none"
+)
+
+
 # --- organizations ---------------------------------------------------------------------------------
 
 
 class OrganizationCreate(_Body):
     name: Name
     parent_id: uuid.UUID | None = Field(None, description="the parent organization; none for a top-level one")
-    metadata: Metadata = Field(default_factory=dict)
+    metadata: OwnerMetadata = Field(default_factory=dict)
+    dlp: DlpOverride | None = Field(None, description=_ORG_DLP)
     budget_limit: Money | None = None
     budget_period: BudgetPeriod | None = None
 
@@ -136,7 +195,10 @@ class OrganizationCreate(_Body):
 class OrganizationUpdate(_Body):
     name: Name = keep()
     parent_id: uuid.UUID | None = Field(None, description="moving under a descendant of itself is refused")
-    metadata: Metadata | None = None
+    metadata: OwnerMetadata | None = Field(
+        None, description="replaces the metadata (the DLP override stays); null empties it"
+    )
+    dlp: DlpOverride | None = Field(None, description="replaces the DLP override; null removes it")
     budget_limit: Money | None = None
     budget_period: BudgetPeriod | None = None
 
@@ -146,6 +208,7 @@ class Organization(_Out):
     name: str
     parent_id: uuid.UUID | None
     metadata: dict[str, Any]
+    dlp: DlpOverride | None = Field(description=_ORG_DLP)
     budget_limit: float | None
     budget_period: BudgetPeriod | None
     created_at: datetime
@@ -221,7 +284,11 @@ class _KeySettings(_Body):
         None, max_length=1000, description="model names or globs the key may use; null = every model"
     )
     expires_at: Timestamp | None = Field(None, description="UTC unless a zone is given; null = never")
-    metadata: Metadata | None = None
+    metadata: OwnerMetadata | None = Field(
+        None,
+        description="free-form JSON object; an update replaces it (the DLP override stays), null empties it",
+    )
+    dlp: DlpOverride | None = Field(None, description=_KEY_DLP)
     rpm_limit: Count | None = Field(None, description="requests per minute")
     tpm_limit: Count | None = Field(None, description="tokens per minute")
     max_parallel: Count | None = Field(None, description="requests in flight at once")
@@ -254,6 +321,7 @@ class Key(_Out):
     models: list[str] | None
     scopes: list[str]
     metadata: dict[str, Any]
+    dlp: DlpOverride | None = Field(description=_KEY_DLP)
     rpm_limit: int | None
     tpm_limit: int | None
     max_parallel: int | None
@@ -521,8 +589,17 @@ class RoutingRuleQuery(PageQuery):
 _Dimension = Annotated[str, StringConstraints(max_length=200)]
 
 
+class DlpFinding(BaseModel):
+    """How many values of one entity type the DLP filters found in one direction, and what was done."""
+
+    type: str = Field(description="the entity type (`EMAIL_ADDRESS`); `error` for a filter that failed")
+    direction: str = Field(description="`request` or `response`")
+    action: str = Field(description="the action taken (`redact`, `mask`, `hash`, `block`, ...)")
+    count: int
+
+
 class UsageRecord(_Out):
-    """One request: who, which model and deployment, tokens, cost (USD), timing and outcome."""
+    """One request: who, which model and deployment, tokens, cost (USD), timing, outcome and DLP findings."""
 
     id: int
     request_id: str
@@ -554,6 +631,10 @@ class UsageRecord(_Out):
     attempts: int
     stream: bool
     dialect: str
+    dlp_findings: list[DlpFinding] | None = Field(
+        description="what the DLP filters found (counts, never values); [] when they found nothing, "
+        "null when no filter ran"
+    )
 
 
 class UsageRecordList(Page[UsageRecord]):
@@ -568,6 +649,9 @@ class UsageQuery(PageQuery):
     org_id: _Dimension | None = None
     model: _Dimension | None = Field(None, description="the model name the client asked for")
     status: int | None = Field(None, ge=0, le=999, description="the HTTP status of the answer")
+    dlp: bool | None = Field(
+        None, description="true: only records with DLP findings; false: only records without"
+    )
     order: Literal["asc", "desc"] = Field("asc", description="oldest (asc) or newest (desc) first")
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+from tortoise.expressions import Q
+
 from gateway_core.admin import schemas
 from gateway_core.admin.api import Call, Operation, fetch_page, forbidden, unprocessable
 from gateway_core.errors import GatewayError, bad_request
@@ -44,7 +47,20 @@ async def _visible_orgs(call: Call, org_id: str | None) -> list[str] | None:
 
 
 def record_out(record: models.UsageRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in schemas.UsageRecord.model_fields}
+    out = {name: getattr(record, name) for name in schemas.UsageRecord.model_fields}
+    out["dlp_findings"] = _findings(record.dlp_findings)
+    return out
+
+
+def _findings(text: str | None) -> list[Any] | None:
+    """The ``dlp_findings`` column as a list (None when no filter ran, or for a text that is not one)."""
+    if text is None:
+        return None
+    try:
+        findings = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return findings if isinstance(findings, list) else None
 
 
 async def list_usage(call: Call) -> schemas.UsageRecordList:
@@ -62,6 +78,10 @@ async def list_usage(call: Call) -> schemas.UsageRecordList:
         value = getattr(q, name)
         if value is not None:
             query = query.filter(**{name: value})
+    if q.dlp is not None:
+        # With at least one finding: ``dlp_findings`` is ``[]`` when the filters found nothing.
+        found = Q(dlp_findings__isnull=False) & ~Q(dlp_findings="[]")
+        query = query.filter(found if q.dlp else ~found)
     order = ("created_at", "id") if q.order == "asc" else ("-created_at", "-id")
     rows, paging = await fetch_page(query, q, *order)
     return schemas.UsageRecordList(

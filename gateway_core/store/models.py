@@ -198,6 +198,8 @@ class UsageRecord(Model):
     attempts = fields.SmallIntField(default=0)
     stream = fields.BooleanField(default=False)
     dialect = fields.CharField(max_length=16)
+    #: What the DLP filters found: a JSON list of {type, direction, action, count}; null when no filter ran.
+    dlp_findings = fields.TextField(null=True)
 
     class Meta:
         table = "usage_records"

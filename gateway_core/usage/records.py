@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -24,6 +25,11 @@ SMALLINT_MAX = 2**15 - 1
 #: The cost columns' precision (DECIMAL(18, 8)).
 COST_QUANTUM = Decimal("0.00000001")
 COST_MAX = Decimal("9999999999.99999999")
+#: Longest ``dlp_findings`` text. Entity types are few, so a request rarely comes near it; the entries
+#: beyond it are left out whole (the text stays a JSON list).
+DLP_FINDINGS_MAX_CHARS = 2000
+#: Longest entity type, direction or action kept in ``dlp_findings``.
+_DLP_NAME_MAX = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,8 @@ class UsageEntry:
     dialect: str
     #: The gateway estimated the token counts: a stream cut before the upstream reported them.
     tokens_estimated: bool = False
+    #: What the DLP filters found, as compact JSON (see :func:`dlp_findings_json`); None when none ran.
+    dlp_findings: str | None = None
 
     @property
     def is_error(self) -> bool:
@@ -85,6 +93,7 @@ class UsageEntry:
         data["created_at"] = _utc(datetime.fromisoformat(data["created_at"]))
         data["cost"] = _cost(data["cost"]) if data.get("cost") is not None else None
         data.setdefault("tokens_estimated", False)  # spooled before the column existed
+        data.setdefault("dlp_findings", None)  # likewise
         return cls(**{name: data[name] for name in COLUMNS})
 
 
@@ -156,7 +165,35 @@ def entry_from_context(ctx: RequestContext) -> UsageEntry:
         stream=bool(ctx.stream),
         dialect=_text(ctx.dialect, "dialect") or "",
         tokens_estimated=usage is not None and usage.estimated,
+        dlp_findings=dlp_findings_json(ctx.dlp_findings),
     )
+
+
+def dlp_findings_json(findings: Mapping[tuple[str, str, str], int] | None) -> str | None:
+    """The ``dlp_findings`` column: the counts by (entity type, direction, action) as a compact JSON
+    list sorted by type, direction and action, e.g.
+    ``[{"type":"EMAIL_ADDRESS","direction":"request","action":"redact","count":2}]``;
+    ``[]`` when the filters ran and found nothing, None when none ran. At most
+    :data:`DLP_FINDINGS_MAX_CHARS` characters: the entries beyond are left out."""
+    if findings is None:
+        return None
+    counts: dict[tuple[str, str, str], int] = {}
+    for (entity_type, direction, action), count in findings.items():
+        key = (_name(entity_type), _name(direction), _name(action))
+        counts[key] = min(counts.get(key, 0) + _count(count), INT_MAX)
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    for (entity_type, direction, action), count in sorted(counts.items()):
+        part = orjson.dumps({"type": entity_type, "direction": direction, "action": action, "count": count})
+        size += len(part) + (1 if parts else 0)
+        if size > DLP_FINDINGS_MAX_CHARS:
+            break
+        parts.append(part)
+    return (b"[" + b",".join(parts) + b"]").decode()
+
+
+def _name(value: object) -> str:
+    return str(value).replace("\x00", "")[:_DLP_NAME_MAX]
 
 
 def _text(value: object, column: str) -> str | None:

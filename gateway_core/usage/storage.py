@@ -20,7 +20,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway_core.usage import histogram
 from gateway_core.usage.records import COLUMNS, UsageEntry
 
-#: Most rows per statement (27 parameters each keeps well under both databases' limits).
+#: Most rows per statement (29 parameters each keeps well under both databases' limits).
 ROWS_PER_STATEMENT = 256
 #: The dimensions of a rollup row, in the order of the unique constraint.
 DIMENSIONS = ("model", "provider", "key_id", "user_id", "org_id")

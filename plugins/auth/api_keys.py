@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tortoise.expressions import Q
 
 from gateway_core import Gateway, GatewayError, Principal, RequestContext, hookimpl
+from gateway_core.dlp.overrides import METADATA_KEY, ORG_METADATA_KEY
 from gateway_core.errors import invalid_api_key
 from gateway_core.store.database import DatabaseUnavailable
 from gateway_core.store.keys import KEYS_CHANNEL, key_digest
@@ -134,6 +135,12 @@ def _owner_settings(record: User | Organization | None, name: str) -> Any:
     return metadata.get(name) if isinstance(metadata, dict) else None  # JSON written elsewhere may be any
 
 
+def _dlp(metadata: Any) -> dict[str, Any] | None:
+    """The DLP override kept in a key's or an organization's metadata (``metadata.dlp``), or None."""
+    override = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    return override if isinstance(override, dict) else None
+
+
 def _below(principal: Principal, org_id: str) -> bool:
     """Whether the principal's organization is under ``org_id`` (whose budgets apply to it too)."""
     ancestors = principal.metadata.get("org_ancestors") or ()
@@ -147,6 +154,7 @@ def _ancestor(org: Organization) -> dict[str, Any]:
         "budget": _budget(org),
         "quotas": _owner_settings(org, "quotas"),
         "limits": _owner_settings(org, "limits"),
+        "dlp": _dlp(org.metadata),
     }
 
 
@@ -161,12 +169,18 @@ def organization_of(record: ApiKey) -> Organization | None:
 def principal_for(record: ApiKey, ancestors: Sequence[Organization] = ()) -> Principal:
     """The principal of a key record loaded with its user and organization (and the user's).
 
-    ``ancestors`` are the organizations above the key's, nearest first: their budgets and quotas
-    apply to the key too (``metadata.org_ancestors``).
+    ``ancestors`` are the organizations above the key's, nearest first: their budgets, quotas and
+    DLP overrides apply to the key too (``metadata.org_ancestors``). The key's own DLP override is
+    ``metadata.dlp`` and its organization's ``metadata.org_dlp``, each a dict or absent.
     """
     user: User | None = record.user
     org = organization_of(record)
     metadata: dict[str, Any] = dict(record.metadata or {})
+    org_metadata = org.metadata if org is not None else None
+    for name, override in ((METADATA_KEY, _dlp(record.metadata)), (ORG_METADATA_KEY, _dlp(org_metadata))):
+        metadata.pop(name, None)  # only a dict, never what else the key's metadata holds under the name
+        if override is not None:
+            metadata[name] = override
     metadata.update(
         key_prefix=record.prefix,
         user_email=user.email if user is not None else None,

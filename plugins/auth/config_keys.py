@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway_core import ConfigError, Gateway, Principal, RequestContext, hookimpl
+from gateway_core.dlp import overrides
+from gateway_core.dlp.policy import DlpOverride
 
 NAME = "config_keys"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -37,6 +39,9 @@ class KeyEntry(BaseModel):
     max_parallel: int | None = Field(
         None, ge=0, description="requests in flight at once (rate_limits plugin)"
     )
+    dlp: DlpOverride | None = Field(
+        None, description="the key's DLP override: what it sets replaces the gateway's policy (docs/dlp.md)"
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyEntry:
@@ -46,6 +51,12 @@ class KeyEntry(BaseModel):
             raise ValueError("`key` must be at least 16 characters")
         if self.sha256 is not None and not _HEX64.match(self.sha256.lower()):
             raise ValueError("`sha256` must be 64 hexadecimal characters")
+        return self
+
+    @model_validator(mode="after")
+    def _dlp_not_in_metadata(self) -> KeyEntry:
+        if overrides.METADATA_KEY in self.metadata:
+            raise ValueError("give the key's DLP override as `dlp:`, not in `metadata`")
         return self
 
 
@@ -60,10 +71,13 @@ def digest(key: str) -> str:
 
 
 def _metadata(entry: KeyEntry) -> dict[str, Any]:
-    """The entry's metadata, with its limits where policies read a key's limits (``limits``)."""
+    """The entry's metadata, with its limits where policies read a key's limits (``limits``) and its
+    DLP override where the DLP engine reads it (``dlp``, a dict)."""
     metadata: dict[str, Any] = dict(entry.metadata)
     if entry.rpm is not None or entry.tpm is not None or entry.max_parallel is not None:
         metadata["limits"] = {"rpm": entry.rpm, "tpm": entry.tpm, "max_parallel": entry.max_parallel}
+    if entry.dlp is not None:
+        metadata[overrides.METADATA_KEY] = overrides.stored(entry.dlp)
     return metadata
 
 
@@ -76,6 +90,12 @@ def lockgate_startup(gateway: Gateway) -> None:
         if key_digest in table:
             raise ConfigError(
                 f"{gateway.config.source}: plugins.{NAME}.keys: key {entry.name!r} is listed twice"
+            )
+        problem = overrides.override_problem(entry.dlp, gateway.config) if entry.dlp is not None else None
+        if problem is not None:
+            field, message = problem
+            raise ConfigError(
+                f"{gateway.config.source}: plugins.{NAME}.keys: key {entry.name!r}: dlp.{field}: {message}"
             )
         table[key_digest] = Principal(
             key_id=f"{NAME}:{entry.name}",

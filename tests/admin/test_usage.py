@@ -15,7 +15,7 @@ from tortoise.transactions import in_transaction
 
 from gateway_core.store.database import connection_name, dialect_of, tortoise_config
 from gateway_core.testing import DEFAULT_TEST_KEY
-from gateway_core.usage.records import UsageEntry
+from gateway_core.usage.records import UsageEntry, dlp_findings_json
 from gateway_core.usage.storage import write_batch
 from tests.admin.conftest import Admin
 from tests.gateway_core.usage.factories import usage_entry
@@ -149,6 +149,37 @@ def test_stats_total_per_group_and_period(admin: Admin, seeded: dict[str, Any]) 
     }
     empty = admin.get("/usage/stats", params={"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"})
     assert empty.json()["data"] == []
+
+
+def test_records_show_their_dlp_findings_and_filter_on_them(admin: Admin) -> None:
+    day = datetime(2026, 1, 12, 10, tzinfo=UTC)
+    found = dlp_findings_json({("EMAIL_ADDRESS", "request", "redact"): 2, ("US_SSN", "response", "block"): 1})
+    plan = [("dlp-found", found), ("dlp-clean", dlp_findings_json({})), ("dlp-unfiltered", None)]
+    entries = [
+        usage_entry(day.replace(minute=index), request_id=request_id, dlp_findings=findings)
+        for index, (request_id, findings) in enumerate(plan)
+    ]
+    asyncio.run(_store(admin.backend.url, entries))
+    that_day = {"from": "2026-01-12T00:00:00Z", "to": "2026-01-13T00:00:00Z"}
+
+    records = {
+        r["request_id"]: r["dlp_findings"] for r in admin.get("/usage", params=that_day).json()["data"]
+    }
+    assert records == {
+        "dlp-found": [
+            {"type": "EMAIL_ADDRESS", "direction": "request", "action": "redact", "count": 2},
+            {"type": "US_SSN", "direction": "response", "action": "block", "count": 1},
+        ],
+        "dlp-clean": [],
+        "dlp-unfiltered": None,
+    }
+    assert request_ids(admin.get("/usage", params={**that_day, "dlp": "true"})) == {"dlp-found"}
+    assert request_ids(admin.get("/usage", params={**that_day, "dlp": "false"})) == {
+        "dlp-clean",
+        "dlp-unfiltered",
+    }
+    refused = admin.get("/usage", params={**that_day, "dlp": "maybe"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "dlp"
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ def request_context(
     attempts: int = 1,
     stream: bool = True,
     body: dict[str, Any] | None = None,
+    dlp_findings: dict[tuple[str, str, str], int] | None = None,
 ) -> RequestContext:
     """A finished request as the pipeline leaves it (started ``latency_ms`` ago)."""
     now = time.perf_counter()
@@ -70,6 +71,7 @@ def request_context(
     ctx.started = now - latency_ms / 1000
     ctx.first_byte = ctx.started + ttfb_ms / 1000 if ttfb_ms is not None else None
     ctx.finished = now
+    ctx.dlp_findings = dlp_findings
     return ctx
 
 
@@ -89,6 +91,7 @@ def usage_entry(
     latency_ms: int = 100,
     status: int = 200,
     request_id: str | None = None,
+    dlp_findings: str | None = None,
 ) -> UsageEntry:
     """A usage record with the values a test chooses."""
     event_id = new_event_id()
@@ -120,4 +123,5 @@ def usage_entry(
         attempts=1,
         stream=False,
         dialect="openai",
+        dlp_findings=dlp_findings,
     )

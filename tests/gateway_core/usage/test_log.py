@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway_core.store import database as database_module
@@ -17,7 +18,7 @@ from gateway_core.store.database import Database
 from gateway_core.store.models import UsageRecord, UsageRollup
 from gateway_core.types import Usage
 from gateway_core.usage.log import UsageLog
-from gateway_core.usage.records import UsageEntry, entry_from_context
+from gateway_core.usage.records import DLP_FINDINGS_MAX_CHARS, UsageEntry, entry_from_context
 from gateway_core.usage.spool import Spool
 from tests.gateway_core.store.test_database import TcpRelay
 from tests.gateway_core.usage.factories import request_context, until
@@ -133,6 +134,49 @@ async def test_oversized_values_are_cut_to_fit_instead_of_failing_the_batch(
     assert log.counters.written == 2 and log.counters.dropped == 0
 
 
+async def test_dlp_findings_are_stored_as_sorted_compact_json(db: Database, make_log: MakeLog) -> None:
+    log = await make_log()
+    findings = {
+        ("PHONE_NUMBER", "response", "mask"): 1,
+        ("EMAIL_ADDRESS", "request", "redact"): 2,
+        ("EMAIL_ADDRESS", "request", "block"): 1,
+        ("error", "response", "allow"): 1,
+    }
+    log.record(request_context("req-found", dlp_findings=findings))
+    log.record(request_context("req-clean", dlp_findings={}))
+    log.record(request_context("req-unfiltered"))
+    await log.flush()
+
+    records = {r.request_id: r.dlp_findings for r in await stored(db)}
+    assert records == {
+        "req-found": '[{"type":"EMAIL_ADDRESS","direction":"request","action":"block","count":1},'
+        '{"type":"EMAIL_ADDRESS","direction":"request","action":"redact","count":2},'
+        '{"type":"PHONE_NUMBER","direction":"response","action":"mask","count":1},'
+        '{"type":"error","direction":"response","action":"allow","count":1}]',
+        "req-clean": "[]",  # the filters ran and found nothing
+        "req-unfiltered": None,  # no filter ran
+    }
+
+
+async def test_dlp_findings_are_cut_to_whole_entries(db: Database, make_log: MakeLog) -> None:
+    log = await make_log()
+    many = {(f"TYPE_{index:03}" + "X" * 200, "request", "redact"): 10**12 for index in range(100)}
+    log.record(request_context("req-many", dlp_findings=many))
+    await log.flush()
+
+    [record] = await stored(db)
+    assert record.dlp_findings is not None and len(record.dlp_findings) <= DLP_FINDINGS_MAX_CHARS
+    entries = orjson.loads(record.dlp_findings)
+    assert 10 < len(entries) < 100
+    assert [e["type"] for e in entries] == sorted(e["type"] for e in entries)
+    assert entries[0] == {
+        "type": "TYPE_000" + "X" * 92,
+        "direction": "request",
+        "action": "redact",
+        "count": 2**31 - 1,
+    }
+
+
 async def test_records_are_written_in_batches_and_a_partial_batch_after_flush_seconds(
     db: Database, make_log: MakeLog
 ) -> None:
@@ -229,6 +273,28 @@ async def test_a_torn_last_line_is_skipped_and_counted(
     assert {r.request_id for r in await stored(db)} == {f"torn-{index}" for index in range(4)}
     assert log.counters.dropped == 1
     assert not log.spool.segments()
+
+
+async def test_spooled_dlp_findings_are_replayed_and_older_lines_without_them_too(
+    db: Database, make_log: MakeLog, spool_dir: Path
+) -> None:
+    left_behind = Spool(spool_dir, UsageEntry.from_json)
+    findings = {("EMAIL_ADDRESS", "request", "redact"): 3}
+    left_behind.append([entry_from_context(request_context("spooled", dlp_findings=findings))])
+    left_behind.close()
+    [segment] = left_behind.segments()
+    old = orjson.loads(entry_from_context(request_context("older")).to_json())
+    del old["dlp_findings"], old["tokens_estimated"]  # a line of a version before both columns
+    with segment.open("ab") as file:
+        file.write(orjson.dumps(old) + b"\n")
+    log = await make_log()  # replays the spool at start-up
+    await until(lambda: log.counters.replayed == 2)
+
+    records = {r.request_id: r for r in await stored(db)}
+    assert records["spooled"].dlp_findings == (
+        '[{"type":"EMAIL_ADDRESS","direction":"request","action":"redact","count":3}]'
+    )
+    assert (records["older"].dlp_findings, records["older"].tokens_estimated) == (None, False)
 
 
 async def test_a_spool_an_older_version_kept_for_another_database_url_is_replayed(

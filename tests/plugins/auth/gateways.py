@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import openai
 import pytest
 
+from gateway_core import DlpFilter, Finding, RequestContext, hookimpl
 from gateway_core.store.keys import KEYS_CHANNEL
 from gateway_core.testing import GatewayServer
 
@@ -30,6 +32,47 @@ def gateway_config(database_url: str, *, redis_url: str | None = None, **options
     if redis_url is not None:
         config["redis"] = {"url": redis_url}
     return config
+
+
+class EmailFilter(DlpFilter):
+    """A DLP filter for the tests: finds e-mail addresses."""
+
+    name = "emails"
+    entity_types = frozenset({"EMAIL_ADDRESS"})
+    _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+
+    def find(self, text: str, entity_types: frozenset[str]) -> Iterable[Finding]:
+        return [Finding("EMAIL_ADDRESS", m.start(), m.end()) for m in self._EMAIL.finditer(text)]
+
+
+class PhoneFilter(DlpFilter):
+    """A DLP filter for the tests: finds runs of ten digits."""
+
+    name = "phones"
+    entity_types = frozenset({"PHONE_NUMBER"})
+
+    def find(self, text: str, entity_types: frozenset[str]) -> Iterable[Finding]:
+        return [Finding("PHONE_NUMBER", m.start(), m.end()) for m in re.finditer(r"\d{10}", text)]
+
+
+#: The ``dlp`` section of the tests' configurations: both test filters (see :class:`DlpSpy`).
+DLP_SECTION: dict[str, Any] = {"filters": {"emails": {}, "phones": {}}}
+
+
+class DlpSpy:
+    """Registers the tests' DLP filters, and keeps the principal of every request it sees."""
+
+    def __init__(self) -> None:
+        self.principals: list[Any] = []
+
+    @hookimpl
+    def lockgate_register_dlp_filters(self, register: Callable[[str, type[DlpFilter]], None]) -> None:
+        register("emails", EmailFilter)
+        register("phones", PhoneFilter)
+
+    @hookimpl
+    def lockgate_policy_check(self, ctx: RequestContext) -> None:
+        self.principals.append(ctx.principal)
 
 
 def chat(server: GatewayServer, key: str, model: str = "mock-echo") -> str:

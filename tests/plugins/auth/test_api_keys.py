@@ -21,7 +21,9 @@ from gateway_core.store.database import DatabaseUnavailable
 from gateway_core.store.models import ApiKey, Organization, User
 from gateway_core.testing import GatewayServer
 from tests.plugins.auth.gateways import (
+    DLP_SECTION,
     HELLO,
+    DlpSpy,
     chat,
     gateway_config,
     is_refused,
@@ -165,6 +167,42 @@ def test_the_principal_carries_owner_limits_and_budgets(store: Any, lockgate_ser
         "user": {"limit": None, "period": None},
         "org": {"limit": 500.0, "period": "month"},
     }
+
+
+def test_the_principal_carries_the_dlp_overrides_of_its_key_organization_and_ancestors(
+    store: Any, lockgate_server: Any
+) -> None:
+    spy = DlpSpy()
+    key_dlp = {"entities": {"EMAIL_ADDRESS": "mask"}, "filters": ["emails"]}
+    team_dlp = {"direction": "both"}
+    top_dlp = {"entities": {"*": "log"}, "on_error": "allow"}
+
+    async def keys_in_a_tree() -> tuple[str, str, str]:
+        top = await Organization.create(name="top", metadata={"dlp": top_dlp})
+        middle = await Organization.create(name="middle", parent_id=top.id, metadata={"limits": {"rpm": 9}})
+        team = await Organization.create(name="team", parent_id=middle.id, metadata={"dlp": team_dlp})
+        _, own = await keys.create_key("own", org=team, metadata={"dlp": key_dlp, "team": "search"})
+        _, inherits = await keys.create_key("inherits", org=team)
+        # Written by hand: a `dlp` that is no override, and an `org_dlp` the key has no business setting.
+        _, odd = await keys.create_key("odd", metadata={"dlp": "mask it all", "org_dlp": {"enabled": False}})
+        return own, inherits, odd
+
+    own, inherits, odd = store(keys_in_a_tree)
+    server = lockgate_server(gateway_config(store.url) | {"dlp": DLP_SECTION}, extra_plugins=[("spy", spy)])
+    for secret in (own, inherits, odd):
+        chat(server, secret)
+
+    with_own, without_own, loose = spy.principals
+    assert with_own.metadata["dlp"] == key_dlp
+    assert with_own.metadata["team"] == "search"
+    for principal in (with_own, without_own):
+        assert principal.metadata["org_dlp"] == team_dlp
+        ancestors = principal.metadata["org_ancestors"]
+        assert [(a["name"], a["dlp"]) for a in ancestors] == [("middle", None), ("top", top_dlp)]
+        assert ancestors[0]["limits"] == {"rpm": 9}
+    assert "dlp" not in without_own.metadata
+    assert "dlp" not in loose.metadata and "org_dlp" not in loose.metadata
+    assert loose.metadata["org_ancestors"] == []
 
 
 # --- revocation ----------------------------------------------------------------------------------------------
