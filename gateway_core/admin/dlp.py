@@ -6,6 +6,9 @@ the API shows and takes it as a field of its own: answers lift it out of ``metad
 of an update keeps its stored value: replacing ``metadata`` keeps the override, and ``dlp: null``
 removes only the override. An override is checked against the configuration before it is stored
 (:func:`gateway_core.dlp.overrides.override_problem`).
+
+Only admins set overrides: a key's override is applied last and may turn its organization's DLP off,
+so the ``write`` role, enough to create keys, is not enough to change what leaves the company (403).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gateway_core.admin import schemas
-from gateway_core.admin.api import Call, unprocessable
+from gateway_core.admin.api import Call, forbidden, unprocessable
 from gateway_core.dlp import overrides
 from gateway_core.dlp.overrides import METADATA_KEY
+from gateway_core.store.models import Role
 
 
 def shown(metadata: Any) -> tuple[dict[str, Any], schemas.DlpOverride | None]:
@@ -52,6 +56,8 @@ def stored_metadata(call: Call, body: BaseModel, current: Any = None) -> dict[st
     else:
         metadata = dict(current) if isinstance(current, dict) else {}
     if "dlp" in given:
+        if call.user.role != Role.ADMIN:
+            raise forbidden("Only admins may set or remove a DLP override.", param="dlp")
         metadata.pop(METADATA_KEY, None)
         override: schemas.DlpOverride | None = getattr(body, "dlp", None)
         if override is not None:

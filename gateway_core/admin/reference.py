@@ -100,7 +100,8 @@ body may not hold a `dlp` of its own (422). A `PATCH` with `metadata` keeps the 
 `dlp` keeps the metadata, and `"dlp": null` removes the override. A bad action, an entity type that is
 not upper case or an unknown field answers 400; a filter not listed under `dlp.filters` of the
 configuration, or the `hash` action when the gateway has no key to hash with (`dlp.hash_key` or
-`secrets.key`), answers 422 naming the field. Like every change to keys and organizations, a new
+`secrets.key`), answers 422 naming the field. Only the `admin` role sets or removes an override
+(403 for `write`): a key's override is applied last and may turn its organization's DLP off. Like every change to keys and organizations, a new
 override reaches every gateway's key cache at once: the next request uses it.
 
 ```sh

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway_core.testing import GatewayServer
-from tests.admin.conftest import ROOT_EMAIL, ROOT_PASSWORD, Admin, Backend, admin_config
+from tests.admin.conftest import PASSWORD, ROOT_EMAIL, ROOT_PASSWORD, Admin, Backend, admin_config
 from tests.plugins.auth.gateways import DLP_SECTION, DlpSpy
 
 
@@ -88,6 +88,20 @@ def test_a_key_s_override_is_set_shown_kept_replaced_and_removed(admin: Admin) -
     removed = admin.patch(path, json={"dlp": None}).json()
     assert (removed["metadata"], removed["dlp"]) == ({}, None)
     assert admin.get(path).json()["dlp"] is None
+
+
+def test_only_admins_set_a_key_s_override(admin: Admin) -> None:
+    for role in ("write", "admin"):
+        email = f"{unique(role)}@example.com"
+        admin.create_user(email, role)
+        admin.tokens[role] = admin.login(email, PASSWORD)["access_token"]
+    refused = admin.post("/keys", "write", json={"name": unique("key"), "dlp": {"enabled": False}})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["param"] == "dlp"
+    key = admin.post("/keys", "write", json={"name": unique("key")}).json()
+    assert admin.patch(f"/keys/{key['id']}", "write", json={"dlp": None}).status_code == 403
+    assert admin.patch(f"/keys/{key['id']}", "write", json={"name": unique("key")}).status_code == 200
+    assert admin.patch(f"/keys/{key['id']}", "admin", json={"dlp": {"enabled": False}}).status_code == 200
 
 
 def test_an_organization_s_override_is_set_shown_kept_replaced_and_removed(admin: Admin) -> None:
