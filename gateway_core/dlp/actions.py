@@ -41,7 +41,9 @@ class Pseudonyms:
     _numbers: dict[str, int] = field(default_factory=dict)
     _pattern: re.Pattern[str] | None = None
 
-    def placeholder(self, entity_type: str, value: str) -> str:
+    def placeholder(self, entity_type: str, value: str, *, restore: bool = True) -> str:
+        """The placeholder of ``value``; restored in answers when ``restore`` (a value the client
+        sent). A value found in the answer itself gets a placeholder that stays in the answer."""
         known = self._by_value.get((entity_type, value))
         if known is not None:
             return known
@@ -49,8 +51,9 @@ class Pseudonyms:
         self._numbers[entity_type] = number
         token = f"[{entity_type}_{number}]"
         self._by_value[(entity_type, value)] = token
-        self.values[token] = value
-        self._pattern = None
+        if restore:
+            self.values[token] = value
+            self._pattern = None
         return token
 
     def __bool__(self) -> bool:
@@ -147,7 +150,7 @@ class Rewriter:
                 continue
             value = text[finding.start : finding.end]
             out.append(text[position : finding.start])
-            out.append(self._replacement(entity_type, value, action))
+            out.append(self._replacement(entity_type, value, action, direction))
             position = finding.end
         if blocked:
             raise Blocked(blocked)
@@ -160,7 +163,7 @@ class Rewriter:
         """Whether any of ``types`` has an action that changes the text."""
         return any(self.action_of(t) not in ("log", "off") for t in types)
 
-    def _replacement(self, entity_type: str, value: str, action: Action) -> str:
+    def _replacement(self, entity_type: str, value: str, action: Action, direction: str) -> str:
         if action == "redact":
             return f"[{entity_type}]"
         if action == "mask":
@@ -171,7 +174,7 @@ class Rewriter:
                 raise RuntimeError("the hash action has no key")
             digest = hmac.new(self.hash_key, f"{entity_type}\0{value}".encode(), hashlib.sha256)
             return f"[{entity_type}_{digest.hexdigest()[:16]}]"
-        return self.pseudonyms.placeholder(entity_type, value)
+        return self.pseudonyms.placeholder(entity_type, value, restore=direction == "request")
 
 
 def org_hash_key(master: bytes, org_id: str | None) -> bytes:

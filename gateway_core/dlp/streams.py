@@ -118,7 +118,10 @@ class DlpStream(ChatStream):
             if pseudonyms:
                 cut = min(cut, pseudonyms.holdback(text))
             cut = max(cut, len(text) - self.max_hold, 0)
-        findings = await session.find(text, "response") if scanning else []
+        try:
+            findings = await session.find(text, "response") if scanning else []
+        except GatewayError as error:  # a filter failed (on_error: block): the stream ends here
+            raise _Stop(error) from None
         if findings and cut < len(text):
             for finding in reversed(findings):  # a value running past the cut waits whole
                 if finding.start < cut < finding.end:
@@ -245,12 +248,15 @@ class DlpStream(ChatStream):
         event_of = self._anthropic_event if anthropic else self._openai_event
         items = self.inner.__aiter__()
         framer = SSEFramer()
+        out: list[bytes] = []  # the events of one read, as they go out
         try:
             try:
                 async for data in items:
-                    out = [await event_of(event) for event in framer.feed(data)]
+                    for event in framer.feed(data):
+                        out.append(await event_of(event))
                     if out:
                         yield b"".join(out)
+                        out = []
                 rest = framer.rest()
                 tail = await event_of(rest) if rest else b""
                 if anthropic:
@@ -261,10 +267,11 @@ class DlpStream(ChatStream):
                     yield tail
             except _Stop as stop:
                 self._error = stop.error
+                sent = b"".join(out)  # the events of the read before the one holding the value
                 if anthropic:
-                    yield b"event: error\ndata: " + anthropic_error_body(stop.error) + b"\n\n"
+                    yield sent + b"event: error\ndata: " + anthropic_error_body(stop.error) + b"\n\n"
                 else:
-                    yield error_event(stop.error)
+                    yield sent + error_event(stop.error)
         finally:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:

@@ -65,6 +65,9 @@ class Behaviour:
     delay: float = 0.0
     #: Chat answer text; by default ``"Echo: "`` + the last user message.
     reply: str | None = None
+    #: Answer with these function calls, ``(name, JSON arguments)``, instead of text (finish reason
+    #: ``tool_calls``); streamed, each call's arguments are split into ``chunks`` pieces.
+    tool_calls: list[tuple[str, str]] | None = None
     #: Number of content chunks a stream carries (the reply is split into this many pieces).
     chunks: int = 4
     #: Seconds between streamed events.
@@ -222,7 +225,9 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                 with self._lock:
                     self._faulted += 1
                     if self._faulted > behaviour.faults_for:
-                        behaviour = Behaviour(reply=behaviour.reply, chunks=behaviour.chunks)
+                        behaviour = Behaviour(
+                            reply=behaviour.reply, tool_calls=behaviour.tool_calls, chunks=behaviour.chunks
+                        )
             request[BEHAVIOUR] = behaviour
             try:
                 if behaviour.delay:
@@ -377,11 +382,13 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
             users = [m for m in messages if m.get("role") == "user"]
             content = users[-1].get("content") if users else ""
             reply = "Echo: " + (content if isinstance(content, str) else "")
+        calls = behaviour.tool_calls
+        generated = " ".join(arguments for _, arguments in calls) if calls is not None else reply
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
         usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(reply.split()),
-            "total_tokens": prompt_tokens + len(reply.split()),
+            "completion_tokens": len(generated.split()),
+            "total_tokens": prompt_tokens + len(generated.split()),
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,
@@ -402,12 +409,13 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                         "index": 0,
                         "message": {
                             "role": "assistant",
-                            "content": reply,
+                            "content": reply if calls is None else None,
+                            **({} if calls is None else {"tool_calls": self._tool_calls(calls)}),
                             "refusal": None,
                             "annotations": [],
                         },
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "stop" if calls is None else "tool_calls",
                     }
                 ],
                 "usage": usage,
@@ -440,9 +448,27 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return b"data: " + orjson.dumps({**head, "choices": [choice], **tail}) + b"\n\n"
 
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        events += [chunk({"content": piece}) for piece in split_reply(reply, behaviour.chunks)]
-        events.append(chunk({}, "stop"))
+        calls = behaviour.tool_calls
+        if calls is None:
+            events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+            events += [chunk({"content": piece}) for piece in split_reply(reply, behaviour.chunks)]
+            events.append(chunk({}, "stop"))
+        else:
+            # As OpenAI streams calls: the first chunk opens the first call, each call opens with its id
+            # and name and empty arguments, then its arguments follow in pieces.
+            events = []
+            for index, call in enumerate(self._tool_calls(calls)):
+                opening = {"index": index, **call, "function": {**call["function"], "arguments": ""}}
+                delta: dict[str, Any] = {"tool_calls": [opening]}
+                if not index:
+                    delta = {"role": "assistant", "content": None, **delta, "refusal": None}
+                events.append(chunk(delta))
+                events += [
+                    chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                    for piece in split_reply(call["function"]["arguments"], behaviour.chunks)
+                    if piece
+                ]
+            events.append(chunk({}, "tool_calls"))
         if usage is not None:
             events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
@@ -474,6 +500,17 @@ class FakeOpenAI(BackgroundServer[RecordedRequest]):
                 raise _ClientGone from exc
         await response.write_eof()
         return response
+
+    def _tool_calls(self, calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The ``tool_calls`` of an answer calling ``calls``, ``(name, JSON arguments)`` each."""
+        return [
+            {
+                "id": f"call_fake{self._next_number():06d}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            for name, arguments in calls
+        ]
 
     async def _embeddings(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
         data = self._parse(recorded)

@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
+from tests.chat_completions import function_calls
 from tests.fakes import FakeOpenAI
 from tests.fakes.openai_upstream import embedding_for, split_reply
 
@@ -165,3 +166,27 @@ def test_embeddings_and_models(direct: openai.OpenAI) -> None:
     assert direct.models.retrieve("gpt-4o").owned_by == "system"
     with pytest.raises(openai.NotFoundError):
         direct.models.retrieve("gpt-0")
+
+
+def test_tool_calls_answer(direct: openai.OpenAI, fake: FakeOpenAI) -> None:
+    fake.behave(tool_calls=[("send_mail", '{"to": "a@b.c"}'), ("get_time", "{}")], chunks=4)
+    completion = direct.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    chunks = list(direct.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = function_calls(choice.message)
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("send_mail", '{"to": "a@b.c"}'),
+        ("get_time", "{}"),
+    ]
+    assert all(c.id.startswith("call_") for c in calls)
+    deltas = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    opened = [d for d in deltas if d.id is not None]
+    assert [(d.index, d.function and d.function.name) for d in opened] == [(0, "send_mail"), (1, "get_time")]
+    arguments = [
+        "".join(d.function.arguments or "" for d in deltas if d.index == i and d.function) for i in (0, 1)
+    ]
+    assert arguments == ['{"to": "a@b.c"}', "{}"]
+    assert len([d for d in deltas if d.index == 0]) == 5  # the opening, then 4 pieces
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
