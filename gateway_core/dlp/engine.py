@@ -54,10 +54,16 @@ def dlp_blocked(types: Iterable[str], direction: str) -> GatewayError:
     )
 
 
-def dlp_unavailable() -> GatewayError:
+def dlp_unavailable(direction: str = "request") -> GatewayError:
+    if direction == "request":
+        message = (
+            "The data-loss prevention filters could not check this request; nothing was sent to the model."
+        )
+    else:
+        message = "The data-loss prevention filters could not check the model's answer; it was withheld."
     return GatewayError(
         503,
-        "The data-loss prevention filters could not check this request; nothing was sent to the model.",
+        message,
         type="server_error",
         code="dlp_unavailable",
     )
@@ -303,13 +309,15 @@ def _plain(layer: Any) -> Any:
 class DlpSession:
     """DLP for one request: its policy, its pseudonyms and its counts."""
 
-    __slots__ = ("ctx", "dlp", "policy", "rewriter")
+    __slots__ = ("_allowed", "ctx", "dlp", "policy", "rewriter")
 
     def __init__(self, dlp: Dlp, ctx: RequestContext, policy: Policy, rewriter: Rewriter) -> None:
         self.dlp = dlp
         self.ctx = ctx
         self.policy = policy
         self.rewriter = rewriter
+        #: (filter, direction) whose failure was let through and logged already.
+        self._allowed: set[tuple[str, str]] = set()
 
     @property
     def pseudonyms(self) -> Pseudonyms:
@@ -332,22 +340,31 @@ class DlpSession:
         return choose(found, self.rewriter.action_of)
 
     def _failed(self, dlp_filter: DlpFilter, exc: Exception, direction: str) -> None:
+        """A filter raised or timed out: refuse (the default), or let the text pass and say so once
+        per request, filter and direction (a stream would otherwise say it for every chunk)."""
         reason = "timed out" if isinstance(exc, TimeoutError) else f"failed: {type(exc).__name__}"
+        what = "request" if direction == "request" else "answer"
         if self.policy.on_error == "allow":
+            said = (dlp_filter.name, direction)
+            if said in self._allowed:
+                return
+            self._allowed.add(said)
+            # The exception's message is left out: a filter may quote the text it was given.
             log.warning(
-                "request %s: DLP filter %s %s; the %s text passed unfiltered (on_error: allow)",
+                "request %s: DLP filter %s %s; the %s passed unfiltered (on_error: allow)",
                 self.ctx.request_id,
                 dlp_filter.name,
                 reason,
-                direction,
+                what,
             )
             counts = self.rewriter.counts
             key = (ERROR_TYPE, direction, "allow")
             counts[key] = counts.get(key, 0) + 1
             return
-        # The exception's message is left out: a filter may quote the text it was given.
-        log.error("request %s refused: DLP filter %s %s", self.ctx.request_id, dlp_filter.name, reason)
-        raise dlp_unavailable() from None
+        log.error(
+            "request %s: %s refused: DLP filter %s %s", self.ctx.request_id, what, dlp_filter.name, reason
+        )
+        raise dlp_unavailable(direction) from None
 
     async def filter_request(self, dialect: str, endpoint: str, body: dict[str, Any]) -> bool:
         """Filter every text of the client's ``body`` in place; True when one changed.
@@ -396,13 +413,13 @@ class DlpSession:
             return result
         walker = RESPONSE_TEXTS.get(result.dialect)
         if walker is None:
-            raise dlp_unavailable()
+            raise dlp_unavailable("response")
         try:
             body = orjson.loads(result.body)
         except orjson.JSONDecodeError:
-            raise dlp_unavailable() from None
+            raise dlp_unavailable("response") from None
         if not isinstance(body, dict):
-            raise dlp_unavailable()
+            raise dlp_unavailable("response")
         texts = walker(body)
         new: dict[int, str] = {}
         pseudonyms = self.rewriter.pseudonyms

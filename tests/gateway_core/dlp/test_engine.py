@@ -275,16 +275,24 @@ async def test_a_failing_or_slow_filter_refuses_the_request(
     assert VALUE not in caplog.text and VALUE not in raised.value.message
 
 
-async def test_on_error_allow_lets_the_text_through_and_says_so_every_time(
+async def test_on_error_allow_lets_the_text_through_and_says_so_once_per_request(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    dlp = await session({"filters": {"broken": {}}, "on_error": "allow"})
-    body = {"messages": [{"role": "user", "content": VALUE}, {"role": "user", "content": "again"}]}
-    with caplog.at_level(logging.WARNING, "lockgate.dlp"):
-        assert await dlp.filter_request("openai", "chat", body) is False
+    for _ in range(2):  # every request says it, once however many texts it has
+        dlp = await session({"filters": {"broken": {}}, "on_error": "allow"})
+        body = {"messages": [{"role": "user", "content": VALUE}, {"role": "user", "content": "again"}]}
+        with caplog.at_level(logging.WARNING, "lockgate.dlp"):
+            assert await dlp.filter_request("openai", "chat", body) is False
+        assert dlp.ctx.dlp_findings == {("error", "request", "allow"): 1}
     assert len([r for r in caplog.records if "passed unfiltered" in r.getMessage()]) == 2
-    assert dlp.ctx.dlp_findings == {("error", "request", "allow"): 2}
     assert VALUE not in caplog.text
+
+
+async def test_a_filter_failing_on_the_answer_says_the_answer_was_withheld() -> None:
+    dlp = await session({"filters": {"broken": {}}, "direction": "response"})
+    with pytest.raises(GatewayError, match="could not check the model's answer") as raised:
+        await dlp.filter_response(answer(VALUE))
+    assert raised.value.code == "dlp_unavailable"
 
 
 # --- complete answers ---------------------------------------------------------------------------------
