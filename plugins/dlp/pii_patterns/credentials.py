@@ -1,0 +1,244 @@
+"""Credentials: vendor API keys and tokens, JWTs, PEM private keys and secrets assigned to a key.
+
+Vendor keys are found from one scan for their prefixes (``sk-``, ``AIza``, ``AKIA``, ``ghp_``,
+``xoxb-``, ``eyJ``, ...); the random part must look random (mixed character classes, Shannon entropy
+of at least ``key_min_entropy`` bits per character) and hold no placeholder word, so ``sk-xxxx...``,
+``sk-your-key-here`` and AWS's documented ``AKIAIOSFODNN7EXAMPLE`` are not reported. A JWT's header
+must decode to a JSON object with ``alg`` and its payload to a JSON object.
+
+A PEM block runs from ``-----BEGIN ... PRIVATE KEY-----`` to its ``-----END`` line; line breaks may be
+real or JSON-escaped (``\\n``, as in streamed tool-call arguments). A block whose end is missing (a
+truncated answer) is reported up to the end of its key material.
+
+A generic secret is the value of an assignment whose key names a secret (``password=``,
+``"api_key": "..."``, ``client_secret:``, ``Authorization: Bearer ...``): at least
+``secret_min_length`` characters, a digit or three character classes, enough entropy (scaled down
+for short values, which cannot reach as many bits per character), and nothing that reads as a
+placeholder, a variable or an expression (``changeme``, ``<your-key>``, ``${TOKEN}``, ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Iterator
+
+from gateway_core import Finding
+from plugins.dlp.pii_patterns.entities import (
+    ANTHROPIC_API_KEY,
+    AWS_ACCESS_KEY,
+    GENERIC_SECRET,
+    GITHUB_TOKEN,
+    GOOGLE_API_KEY,
+    JWT,
+    OPENAI_API_KEY,
+    PRIVATE_KEY,
+    SLACK_TOKEN,
+    character_classes,
+    entropy,
+    is_word_char,
+)
+
+#: The pattern of each prefix's key, and how much of its start is the fixed prefix.
+_KEYS: dict[str, tuple[str, re.Pattern[str], int]] = {
+    "sk-ant-": (ANTHROPIC_API_KEY, re.compile(r"sk-ant-(?:[a-z]+\d\d-)?[A-Za-z0-9_-]{32,}"), 7),
+    "sk-": (OPENAI_API_KEY, re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"), 3),
+    "AIza": (GOOGLE_API_KEY, re.compile(r"AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"), 4),
+    "AKIA": (AWS_ACCESS_KEY, re.compile(r"A[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"), 4),
+    "gh": (GITHUB_TOKEN, re.compile(r"gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9])"), 4),
+    "github_pat_": (GITHUB_TOKEN, re.compile(r"github_pat_[A-Za-z0-9_]{40,244}(?![A-Za-z0-9])"), 11),
+    "xox": (SLACK_TOKEN, re.compile(r"xox[abprs]-(?:\d+-)*[A-Za-z0-9]{10,}(?:-[A-Za-z0-9]+)*"), 5),
+    "https://hooks.slack.com/": (
+        SLACK_TOKEN,
+        re.compile(r"https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}"),
+        33,
+    ),
+    "eyJ": (JWT, re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), 0),
+}
+#: For each character looked for: how far before it a prefix starts, the prefixes, and their family.
+_PREFIX_ANCHORS: tuple[tuple[str, tuple[tuple[int, tuple[str, ...], str], ...]], ...] = (
+    ("-", ((2, ("sk-",), "sk-"), (4, ("xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"), "xox"))),
+    ("_", ((3, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), "gh"), (6, ("github_pat_",), "github_pat_"))),
+    ("A", ((0, ("AIza",), "AIza"), (0, ("AKIA", "ASIA"), "AKIA"))),
+    ("J", ((2, ("eyJ",), "eyJ"),)),
+)
+#: Words that show a value was written to be replaced.
+_PLACEHOLDER_PARTS = (
+    "xxxx", "****", "....", "your", "example", "placeholder", "redacted", "dummy", "fake", "insert",
+    "replace", "changeme", "change_me", "sample",
+)  # fmt: skip
+
+_PEM = re.compile(
+    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----"
+    r"((?:[A-Za-z0-9+/=:,. \t\r\n]|\\[rnt/]|-(?!----))*+)"
+    r"(-----END \1PRIVATE KEY-----)?"
+)
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/]{16,}")
+_PEM_TRAILING_SPACE = re.compile(r"(?:\s|\\[rnt])+\Z")
+#: Fewest base64 characters of key material a PEM block must hold (placeholders hold ``...``).
+MIN_KEY_MATERIAL = 64
+
+#: Names ending an assignment's key that mark its value as a secret (matched lower case).
+SECRET_KEYWORDS = (
+    "password", "passwd", "passphrase", "pwd", "pass", "secret", "token", "key", "apikey",
+    "accesskey", "secretkey", "privatekey", "authtoken", "accesstoken", "refreshtoken",
+    "clientsecret", "auth", "authorization", "credential", "credentials",
+)  # fmt: skip
+#: An assignment's operator; the authorization scheme that may come before its value.
+OPERATOR = r"[:=]=?>?[ \t]*"
+_SCHEME = r"(?:(?i:bearer|basic|token)[ \t]+)?"
+#: A quoted value ends at a quote or a space; a bare one also at punctuation (``&`` of a query string).
+QUOTED_CHARS = r"[^\s\"'`\\]"
+_BARE_CHARS = r"[^\s\"'`,;&\\<>(){}\[\]]"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+|[a-z]+(?:[_-][a-z]+)+")
+_PLACEHOLDER_VALUES = frozenset({"password", "secret", "changeme", "none", "null", "undefined", "redacted"})
+#: How far before its operator a key name may start.
+KEY_WINDOW = 64
+
+
+def compile_assignment(min_length: int) -> re.Pattern[str]:
+    """The pattern of assignments whose value has at least ``min_length`` characters."""
+    quoted = f"\\\\?[\"'`]{_SCHEME}({QUOTED_CHARS}{{{min_length},}})"
+    bare = f"{_SCHEME}({_BARE_CHARS}{{{min_length},}})"
+    return re.compile(f"{OPERATOR}(?:{quoted}|{bare})")
+
+
+def find_keys(text: str, wanted: frozenset[str], min_entropy: float) -> Iterator[Finding]:
+    """Vendor keys and tokens, and JWTs."""
+    taken = 0
+    for start, family in sorted(_key_candidates(text)):
+        if start < taken or (start > 0 and (is_word_char(text[start - 1]) or text[start - 1] == "-")):
+            continue
+        if family == "sk-" and text.startswith("sk-ant-", start):
+            family = "sk-ant-"
+        entity_type, pattern, fixed = _KEYS[family]
+        if entity_type not in wanted:
+            continue
+        match = pattern.match(text, start)
+        if match is None:
+            continue
+        value = match.group()
+        if entity_type == JWT:
+            if not _jwt_ok(value):
+                continue
+        elif not _random_ok(value[fixed:], min_entropy):
+            continue
+        taken = match.end()
+        yield Finding(entity_type, start, match.end())
+
+
+def _key_candidates(text: str) -> Iterator[tuple[int, str]]:
+    """Where a vendor prefix may start, and whose. Looking for its rarest character one at a time
+    (``str.find`` is far quicker than a regular expression that can start with many letters)."""
+    for char, offsets in _PREFIX_ANCHORS:
+        index = text.find(char)
+        while index != -1:
+            for offset, prefixes, family in offsets:
+                if index >= offset and text.startswith(prefixes, index - offset):
+                    yield index - offset, family
+            index = text.find(char, index + 1)
+    if "hooks.slack.com/" in text:
+        index = text.find("https://hooks.slack.com/")
+        while index != -1:
+            yield index, "https://hooks.slack.com/"
+            index = text.find("https://hooks.slack.com/", index + 1)
+
+
+def find_private_keys(text: str) -> Iterator[Finding]:
+    """PEM private key blocks, whole or cut short."""
+    position = 0
+    while (begin := text.find("-----BEGIN ", position)) != -1:
+        match = _PEM.match(text, begin)
+        position = begin + 11
+        if match is None or sum(map(len, _KEY_MATERIAL.findall(match.group(2)))) < MIN_KEY_MATERIAL:
+            continue
+        end = match.end()
+        if match.group(3) is None:
+            trailing = _PEM_TRAILING_SPACE.search(match.group(2))
+            if trailing is not None:
+                end -= len(match.group(2)) - trailing.start()
+        position = end
+        yield Finding(PRIVATE_KEY, begin, end)
+
+
+def find_assigned_secrets(text: str, assignment: re.Pattern[str], min_entropy: float) -> Iterator[Finding]:
+    """Values assigned to keys that name a secret (``password=...``)."""
+    for operator in sorted(_positions(text, ":") + _positions(text, "=")):
+        match = assignment.match(text, operator)
+        if match is None:
+            continue
+        group = 1 if match.start(1) != -1 else 2
+        value = match.group(group)
+        if key_start(text, match.start()) is not None and secret_value_ok(value, min_entropy):
+            yield Finding(GENERIC_SECRET, match.start(group), match.end(group))
+
+
+def key_start(text: str, operator: int) -> int | None:
+    """Where the key that ends just before ``text[operator]`` starts, if it names a secret."""
+    window = max(0, operator - KEY_WINDOW)
+    head = text[window:operator].rstrip(" \t")
+    if head[-1:] in ("'", '"', "`"):
+        head = head[:-1]
+        if head.endswith("\\"):
+            head = head[:-1]
+    lowered = head.lower()
+    if not lowered.endswith(SECRET_KEYWORDS):
+        return None
+    for keyword in SECRET_KEYWORDS:
+        if lowered.endswith(keyword):
+            begin = len(head) - len(keyword)
+            before = head[begin - 1] if begin > 0 else " "
+            # api_key, --password, "token"; camelCase: accessToken.
+            if not before.isalnum() or (before.islower() and head[begin].isupper()):
+                return window + begin
+    return None
+
+
+def _positions(text: str, char: str) -> list[int]:
+    found = []
+    index = text.find(char)
+    while index != -1:
+        found.append(index)
+        index = text.find(char, index + 1)
+    return found
+
+
+def secret_value_ok(value: str, min_entropy: float) -> bool:
+    """Whether an assigned value reads as a real secret rather than a placeholder or an expression."""
+    lowered = value.lower()
+    if (
+        lowered in _PLACEHOLDER_VALUES
+        or any(part in lowered for part in _PLACEHOLDER_PARTS)
+        or value[0] in "$%*#@<{["
+        or lowered.startswith(("http://", "https://"))
+        or _IDENTIFIER.fullmatch(value)
+    ):
+        return False
+    classes = character_classes(value)
+    if classes < 2 or (classes < 3 and not any(char.isdigit() for char in value)):
+        return False
+    # n characters hold at most log2(n) bits each: short values are held to a lower bar.
+    return entropy(value) >= min_entropy * min(1.0, math.log2(len(value)) / 4)
+
+
+def _random_ok(body: str, min_entropy: float) -> bool:
+    lowered = body.lower()
+    if any(part in lowered for part in _PLACEHOLDER_PARTS):
+        return False
+    return character_classes(body) >= 2 and entropy(body) >= min_entropy
+
+
+def _jwt_ok(value: str) -> bool:
+    header, payload, _ = value.split(".", 2)
+    return "alg" in _json_object(header) and bool(_json_object(payload) or payload == "e30")
+
+
+def _json_object(part: str) -> dict[str, object]:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (binascii.Error, ValueError):
+        return {}
+    return decoded if isinstance(decoded, dict) else {}

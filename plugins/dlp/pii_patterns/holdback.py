@@ -1,0 +1,93 @@
+"""Stream hold-back: where the shortest end of a text that could still become a match starts.
+
+The core releases ``text[:holdback]`` of a streamed answer at once, so holding too little lets a value
+split across chunks through, and holding too much only delays it. What is held, by entity type:
+
+* every type: the last run of non-whitespace characters (an address, a key, a JWT, a bare number);
+* numbers printed with separators (cards, phones, IBANs, social security numbers): the trailing run
+  of digits, upper-case letters, spaces and ``+()./-``, at most :data:`NUMBER_TAIL_CHARS`;
+* US_SSN: also the words "SSN" or "social security" while bare digits could still follow them;
+* GENERIC_SECRET: an assignment whose value could still grow or ends in the last word, from its key
+  (``password = "hun``), and a secret's key name waiting for its operator;
+* PRIVATE_KEY: a ``-----BEGIN`` line not yet closed by its ``-----END`` line, at most
+  :data:`PEM_TAIL_CHARS` back.
+"""
+
+from __future__ import annotations
+
+import re
+
+from plugins.dlp.pii_patterns.credentials import OPERATOR, QUOTED_CHARS, key_start
+from plugins.dlp.pii_patterns.entities import GENERIC_SECRET, NUMBER_TYPES, PRIVATE_KEY, US_SSN
+from plugins.dlp.pii_patterns.numbers import SSN_CONTEXT_CHARS
+
+#: The longest run of non-whitespace characters held (a JWT or a PEM block on one line).
+WORD_TAIL_CHARS = 16384
+#: The longest printed number: an IBAN of 34 characters in groups of four is 42.
+NUMBER_TAIL_CHARS = 48
+#: The longest assignment held: its key, its operator and its value.
+ASSIGNMENT_TAIL_CHARS = 1024
+PEM_TAIL_CHARS = 8192
+
+_LAST_WORD = re.compile(r"\S*\Z")
+_NUMBER_TAIL = re.compile(r"[+(0-9A-Z][0-9A-Z()./ -]*\Z")
+_SSN_WORDS = re.compile(r"(?i)\b(?:ssn|ss#|social(?:[ -]security)?)")
+#: An operator and a value that could still grow, or that ends in the last word (which is held, and
+#: must keep its key): "Bearer" and its token count as one value.
+_OPEN_ASSIGNMENT = re.compile(
+    f"{OPERATOR}(?:\\\\?[\"'`])?{QUOTED_CHARS}*+(?:[ \\t]+{QUOTED_CHARS}*+)?\\S*+\\Z"
+)
+_BEGIN_LINE = re.compile(r"-----BEGIN [A-Z0-9 ]*-----")
+_END_LINE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+
+
+def holdback(text: str, wanted: frozenset[str]) -> int:
+    size = len(text)
+    cut = _LAST_WORD.search(text, max(0, size - WORD_TAIL_CHARS)).start()  # type: ignore[union-attr]
+    if wanted & NUMBER_TYPES:
+        number = _NUMBER_TAIL.search(text, max(0, size - NUMBER_TAIL_CHARS))
+        if number is not None:
+            cut = min(cut, number.start())
+    if US_SSN in wanted:
+        cut = min(cut, _ssn_words_tail(text))
+    if GENERIC_SECRET in wanted:
+        cut = min(cut, _assignment_tail(text))
+    if PRIVATE_KEY in wanted:
+        cut = min(cut, _pem_tail(text))
+    return cut
+
+
+def _ssn_words_tail(text: str) -> int:
+    size = len(text)
+    last = None
+    for found in _SSN_WORDS.finditer(text, max(0, size - SSN_CONTEXT_CHARS - 40)):
+        last = found
+    if last is not None and size - last.end() <= SSN_CONTEXT_CHARS + 11:
+        return last.start()
+    return size
+
+
+def _assignment_tail(text: str) -> int:
+    size = len(text)
+    assignment = _OPEN_ASSIGNMENT.search(text, max(0, size - ASSIGNMENT_TAIL_CHARS))
+    if assignment is not None:
+        start = key_start(text, assignment.start())
+        if start is not None:
+            return start
+    # A key whose operator has not come yet.
+    head = text.rstrip(" \t\"'`\\")
+    start = key_start(head + ":", len(head)) if head else None
+    return size if start is None else start
+
+
+def _pem_tail(text: str) -> int:
+    size = len(text)
+    begin = text.rfind("-----BEGIN", max(0, size - PEM_TAIL_CHARS))
+    if begin == -1:
+        return size
+    line = _BEGIN_LINE.match(text, begin)
+    if line is not None and "PRIVATE KEY" not in line.group():
+        return size
+    if _END_LINE.search(text, begin) is not None:
+        return size
+    return begin
