@@ -80,6 +80,7 @@ class PiiPatterns(DlpFilter):
         self._regions = tuple(options.phone_regions)
         self._key_entropy = options.key_min_entropy
         self._secret_entropy = options.secret_min_entropy
+        self._secret_length = options.secret_min_length
         self._assignment = credentials.compile_assignment(options.secret_min_length)
 
     def find(self, text: str, entity_types: frozenset[str]) -> list[Finding]:
@@ -98,7 +99,9 @@ class PiiPatterns(DlpFilter):
             typed = {(finding.start, finding.end) for finding in found}
             found.extend(
                 finding
-                for finding in credentials.find_assigned_secrets(text, self._assignment, self._secret_entropy)
+                for finding in credentials.find_assigned_secrets(
+                    text, self._assignment, self._secret_length, self._secret_entropy
+                )
                 if (finding.start, finding.end) not in typed
             )
         return found

@@ -3,7 +3,8 @@
 Vendor keys are found from one scan for their prefixes (``sk-``, ``AIza``, ``AKIA``, ``ghp_``,
 ``xoxb-``, ``eyJ``, ...); the random part must look random (mixed character classes, Shannon entropy
 of at least ``key_min_entropy`` bits per character) and hold no placeholder word, so ``sk-xxxx...``,
-``sk-your-key-here`` and AWS's documented ``AKIAIOSFODNN7EXAMPLE`` are not reported. A JWT's header
+``sk-your-key-here``, ``sk-test-key-0a1b2c3d`` and AWS's documented ``AKIAIOSFODNN7EXAMPLE`` are not
+reported. Random parts in base 62 must mix lower case, upper case and digits, as real ones do. A JWT's header
 must decode to a JSON object with ``alg`` and its payload to a JSON object.
 
 A PEM block runs from ``-----BEGIN ... PRIVATE KEY-----`` to its ``-----END`` line; line breaks may be
@@ -42,21 +43,23 @@ from plugins.dlp.pii_patterns.entities import (
     is_word_char,
 )
 
-#: The pattern of each prefix's key, and how much of its start is the fixed prefix.
-_KEYS: dict[str, tuple[str, re.Pattern[str], int]] = {
-    "sk-ant-": (ANTHROPIC_API_KEY, re.compile(r"sk-ant-(?:[a-z]+\d\d-)?[A-Za-z0-9_-]{32,}"), 7),
-    "sk-": (OPENAI_API_KEY, re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"), 3),
-    "AIza": (GOOGLE_API_KEY, re.compile(r"AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"), 4),
-    "AKIA": (AWS_ACCESS_KEY, re.compile(r"A[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"), 4),
-    "gh": (GITHUB_TOKEN, re.compile(r"gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9])"), 4),
-    "github_pat_": (GITHUB_TOKEN, re.compile(r"github_pat_[A-Za-z0-9_]{40,244}(?![A-Za-z0-9])"), 11),
-    "xox": (SLACK_TOKEN, re.compile(r"xox[abprs]-(?:\d+-)*[A-Za-z0-9]{10,}(?:-[A-Za-z0-9]+)*"), 5),
+#: The pattern of each prefix's key, how much of its start is the fixed prefix, and how many
+#: character classes its random part mixes (lower case, upper case, digits; hex is two).
+_KEYS: dict[str, tuple[str, re.Pattern[str], int, int]] = {
+    "sk-ant-": (ANTHROPIC_API_KEY, re.compile(r"sk-ant-(?:[a-z]+\d\d-)?[A-Za-z0-9_-]{32,}"), 7, 3),
+    "sk-": (OPENAI_API_KEY, re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"), 3, 3),
+    "AIza": (GOOGLE_API_KEY, re.compile(r"AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"), 4, 3),
+    "AKIA": (AWS_ACCESS_KEY, re.compile(r"A[KS]IA[A-Z0-9]{16}(?![A-Za-z0-9])"), 4, 2),
+    "gh": (GITHUB_TOKEN, re.compile(r"gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9])"), 4, 3),
+    "github_pat_": (GITHUB_TOKEN, re.compile(r"github_pat_[A-Za-z0-9_]{40,244}(?![A-Za-z0-9])"), 11, 3),
+    "xox": (SLACK_TOKEN, re.compile(r"xox[abprs]-(?:\d+-)*[A-Za-z0-9]{10,}(?:-[A-Za-z0-9]+)*"), 5, 2),
     "https://hooks.slack.com/": (
         SLACK_TOKEN,
         re.compile(r"https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}"),
         33,
+        2,
     ),
-    "eyJ": (JWT, re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), 0),
+    "eyJ": (JWT, re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), 0, 0),
 }
 #: For each character looked for: how far before it a prefix starts, the prefixes, and their family.
 _PREFIX_ANCHORS: tuple[tuple[str, tuple[tuple[int, tuple[str, ...], str], ...]], ...] = (
@@ -68,7 +71,7 @@ _PREFIX_ANCHORS: tuple[tuple[str, tuple[tuple[int, tuple[str, ...], str], ...]],
 #: Words that show a value was written to be replaced.
 _PLACEHOLDER_PARTS = (
     "xxxx", "****", "....", "your", "example", "placeholder", "redacted", "dummy", "fake", "insert",
-    "replace", "changeme", "change_me", "sample",
+    "replace", "changeme", "change_me", "sample", "test",
 )  # fmt: skip
 
 _PEM = re.compile(
@@ -93,7 +96,13 @@ _SCHEME = r"(?:(?i:bearer|basic|token)[ \t]+)?"
 #: A quoted value ends at a quote or a space; a bare one also at punctuation (``&`` of a query string).
 QUOTED_CHARS = r"[^\s\"'`\\]"
 _BARE_CHARS = r"[^\s\"'`,;&\\<>(){}\[\]]"
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+|[a-z]+(?:[_-][a-z]+)+")
+#: Values that are names, not secrets: ``settings.SECRET_KEY``, ``customer_id``, ``tok_checkpoint_2``,
+#: ``TOKEN_FROM_ENV``.
+_IDENTIFIER = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+|[a-z][a-z0-9]*(?:[_-][a-z0-9]+)+"
+    r"|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|_\w*"
+)
+_IDENTIFIER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER_VALUES = frozenset({"password", "secret", "changeme", "none", "null", "undefined", "redacted"})
 #: How far before its operator a key name may start.
 KEY_WINDOW = 64
@@ -114,7 +123,7 @@ def find_keys(text: str, wanted: frozenset[str], min_entropy: float) -> Iterator
             continue
         if family == "sk-" and text.startswith("sk-ant-", start):
             family = "sk-ant-"
-        entity_type, pattern, fixed = _KEYS[family]
+        entity_type, pattern, fixed, classes = _KEYS[family]
         if entity_type not in wanted:
             continue
         match = pattern.match(text, start)
@@ -124,7 +133,7 @@ def find_keys(text: str, wanted: frozenset[str], min_entropy: float) -> Iterator
         if entity_type == JWT:
             if not _jwt_ok(value):
                 continue
-        elif not _random_ok(value[fixed:], min_entropy):
+        elif not _random_ok(value[fixed:], min_entropy, classes):
             continue
         taken = match.end()
         yield Finding(entity_type, start, match.end())
@@ -164,16 +173,44 @@ def find_private_keys(text: str) -> Iterator[Finding]:
         yield Finding(PRIVATE_KEY, begin, end)
 
 
-def find_assigned_secrets(text: str, assignment: re.Pattern[str], min_entropy: float) -> Iterator[Finding]:
+def find_assigned_secrets(
+    text: str, assignment: re.Pattern[str], min_length: int, min_entropy: float
+) -> Iterator[Finding]:
     """Values assigned to keys that name a secret (``password=...``)."""
+    taken = 0  # operators inside a value already read (``a=b=c``) are not assignments of their own
     for operator in sorted(_positions(text, ":") + _positions(text, "=")):
+        if operator < taken or _comparison(text, operator) or key_start(text, operator) is None:
+            continue
         match = assignment.match(text, operator)
         if match is None:
             continue
-        group = 1 if match.start(1) != -1 else 2
-        value = match.group(group)
-        if key_start(text, match.start()) is not None and secret_value_ok(value, min_entropy):
-            yield Finding(GENERIC_SECRET, match.start(group), match.end(group))
+        taken = match.end()
+        if match.start(1) != -1:
+            start, end = match.span(1)
+        else:  # a bare value ends before the full stop of a sentence (":param token: Required.")
+            start, end = match.start(2), match.start(2) + len(match.group(2).rstrip("."))
+            if _expression(text, start, end, text[operator]):
+                continue
+        if end - start >= min_length and secret_value_ok(text[start:end], min_entropy):
+            yield Finding(GENERIC_SECRET, start, end)
+
+
+def _comparison(text: str, operator: int) -> bool:
+    """``token == other``, ``key != x``, ``a <= b``: not assignments."""
+    after = text[operator + 1 : operator + 2]
+    before = text[operator - 1 : operator] if operator > 0 else ""
+    return (text[operator] == "=" and after == "=") or before in ("=", "!", "<", ">")
+
+
+def _expression(text: str, start: int, end: int, operator: str) -> bool:
+    """A name used in code: a call (``token = b64encode(...)``) or a type annotation
+    (``key: _KeyType) ->``, ``private_key: Ed25519PrivateKey | None``)."""
+    if _IDENTIFIER_NAME.fullmatch(text, start, end) is None:
+        return False
+    rest = text[end : end + 4].lstrip(" ")
+    if rest[:1] == "(":
+        return True
+    return operator == ":" and (rest[:1] in (",", ")", "]", "|", "=") or rest.startswith("->"))
 
 
 def key_start(text: str, operator: int) -> int | None:
@@ -224,11 +261,11 @@ def secret_value_ok(value: str, min_entropy: float) -> bool:
     return entropy(value) >= min_entropy * min(1.0, math.log2(len(value)) / 4)
 
 
-def _random_ok(body: str, min_entropy: float) -> bool:
+def _random_ok(body: str, min_entropy: float, classes: int) -> bool:
     lowered = body.lower()
     if any(part in lowered for part in _PLACEHOLDER_PARTS):
         return False
-    return character_classes(body) >= 2 and entropy(body) >= min_entropy
+    return character_classes(body) >= classes and entropy(body) >= min_entropy
 
 
 def _jwt_ok(value: str) -> bool:

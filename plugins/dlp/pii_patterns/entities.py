@@ -55,7 +55,8 @@ def entropy(value: str) -> float:
 
 
 def character_classes(value: str) -> int:
-    """How many of lower case, upper case, digits and other characters ``value`` mixes."""
+    """How many of lower case, upper case, digits and other characters ``value`` mixes (``_`` and
+    ``-``, which join the words of identifiers, are not counted)."""
     lower = upper = digit = other = 0
     for char in value:
         if char.islower():
@@ -64,6 +65,6 @@ def character_classes(value: str) -> int:
             upper = 1
         elif char.isdigit():
             digit = 1
-        else:
+        elif char not in "_-":
             other = 1
     return lower + upper + digit + other

@@ -6,7 +6,8 @@ split across chunks through, and holding too much only delays it. What is held, 
 * every type: the last run of non-whitespace characters (an address, a key, a JWT, a bare number);
 * numbers printed with separators (cards, phones, IBANs, social security numbers): the trailing run
   of digits, upper-case letters, spaces and ``+()./-``, at most :data:`NUMBER_TAIL_CHARS`;
-* US_SSN: also the words "SSN" or "social security" while bare digits could still follow them;
+* US_SSN and PHONE_NUMBER: also the words that make bare digits one ("SSN", "social security";
+  "phone", "call", ...) while the digits could still follow them;
 * GENERIC_SECRET: an assignment whose value could still grow or ends in the last word, from its key
   (``password = "hun``), and a secret's key name waiting for its operator;
 * PRIVATE_KEY: a ``-----BEGIN`` line not yet closed by its ``-----END`` line, at most
@@ -18,8 +19,14 @@ from __future__ import annotations
 import re
 
 from plugins.dlp.pii_patterns.credentials import OPERATOR, QUOTED_CHARS, key_start
-from plugins.dlp.pii_patterns.entities import GENERIC_SECRET, NUMBER_TYPES, PRIVATE_KEY, US_SSN
-from plugins.dlp.pii_patterns.numbers import SSN_CONTEXT_CHARS
+from plugins.dlp.pii_patterns.entities import (
+    GENERIC_SECRET,
+    NUMBER_TYPES,
+    PHONE_NUMBER,
+    PRIVATE_KEY,
+    US_SSN,
+)
+from plugins.dlp.pii_patterns.numbers import PHONE_CONTEXT, PHONE_CONTEXT_CHARS, SSN_CONTEXT_CHARS
 
 #: The longest run of non-whitespace characters held (a JWT or a PEM block on one line).
 WORD_TAIL_CHARS = 16384
@@ -29,7 +36,6 @@ NUMBER_TAIL_CHARS = 48
 ASSIGNMENT_TAIL_CHARS = 1024
 PEM_TAIL_CHARS = 8192
 
-_LAST_WORD = re.compile(r"\S*\Z")
 _NUMBER_TAIL = re.compile(r"[+(0-9A-Z][0-9A-Z()./ -]*\Z")
 _SSN_WORDS = re.compile(r"(?i)\b(?:ssn|ss#|social(?:[ -]security)?)")
 #: An operator and a value that could still grow, or that ends in the last word (which is held, and
@@ -43,13 +49,15 @@ _END_LINE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 def holdback(text: str, wanted: frozenset[str]) -> int:
     size = len(text)
-    cut = _LAST_WORD.search(text, max(0, size - WORD_TAIL_CHARS)).start()  # type: ignore[union-attr]
+    cut = _last_word(text)
     if wanted & NUMBER_TYPES:
         number = _NUMBER_TAIL.search(text, max(0, size - NUMBER_TAIL_CHARS))
         if number is not None:
             cut = min(cut, number.start())
     if US_SSN in wanted:
-        cut = min(cut, _ssn_words_tail(text))
+        cut = min(cut, _words_tail(text, _SSN_WORDS, SSN_CONTEXT_CHARS + 11))
+    if PHONE_NUMBER in wanted:
+        cut = min(cut, _words_tail(text, PHONE_CONTEXT, PHONE_CONTEXT_CHARS + 17))
     if GENERIC_SECRET in wanted:
         cut = min(cut, _assignment_tail(text))
     if PRIVATE_KEY in wanted:
@@ -57,12 +65,23 @@ def holdback(text: str, wanted: frozenset[str]) -> int:
     return cut
 
 
-def _ssn_words_tail(text: str) -> int:
+def _last_word(text: str) -> int:
+    """Where the trailing run of non-whitespace characters starts (string methods, not a regular
+    expression: ``\\S*\\Z`` is quadratic on a long run followed by a space)."""
+    size = len(text)
+    if size == 0 or text[-1].isspace():
+        return size
+    words = text[max(0, size - WORD_TAIL_CHARS) :].rsplit(None, 1)
+    return size - len(words[-1])
+
+
+def _words_tail(text: str, words: re.Pattern[str], reach: int) -> int:
+    """The start of the last of ``words`` that ends at most ``reach`` characters from the end."""
     size = len(text)
     last = None
-    for found in _SSN_WORDS.finditer(text, max(0, size - SSN_CONTEXT_CHARS - 40)):
+    for found in words.finditer(text, max(0, size - reach - 20)):
         last = found
-    if last is not None and size - last.end() <= SSN_CONTEXT_CHARS + 11:
+    if last is not None and size - last.end() <= reach:
         return last.start()
     return size
 

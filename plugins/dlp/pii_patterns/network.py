@@ -2,9 +2,11 @@
 
 An e-mail address is looked for only around an ``@``. A dotted quad is an IPv4 address when every
 part is at most 255 without leading zeros and it is not part of a longer dotted number; one that
-follows the word *version* (or *ver*, *release*, *build*) is a version string, not an address. IPv6
+follows the word *version* (or *ver*, *release*, *build*, *section*, ``§``, a comparison such as
+``>=``) is a version or section number, not an address. IPv6
 candidates are found from two colons at most four hex digits apart, and must hold a digit (so code
-such as ``Add::add`` is not an address).
+such as ``Add::add`` is not an address) and a group of three hex digits or more (``fe80::1``, not a
+slice such as ``x[1::2]``); ``::1`` is the one exception.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ _DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Z
 _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "pdf", "ico"})
 
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
-_VERSION_WORD = re.compile(r"(?i)\b(?:version|ver|release|build|v)\.?[ \t]*[:=]?[ \t]*\Z")
+#: What makes a dotted quad a version or a section number: a word, ``§``, or a comparison (``>=``).
+_VERSION_WORD = re.compile(
+    r"(?i)(?:\b(?:version|ver|release|build|v|section|sec|chapter)\.?|§|==|[<>~^!])[ \t]*[:=]?[ \t]*\Z"
+)
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:")
 _IPV6_TAIL_CHARS = _IPV6_CHARS | {"."}
@@ -96,6 +101,8 @@ def _ipv6_ok(text: str, start: int, end: int, candidate: str) -> bool:
         return False
     if not any(char.isdigit() for char in candidate):
         return False
+    if candidate != "::1" and max(map(len, candidate.split(":"))) < 3:
+        return False  # Python slices (x[::2], a[1::3]) are valid addresses, but never written ones
     if "::" not in candidate and candidate.count(":") < 6:
         return False
     try:

@@ -4,8 +4,9 @@ numbers; and IBANs.
 One tokenizer finds every run of digits joined by single separators (space, dash, dot, a bracketed
 area code), so a number is examined once and reported as one type: the shape of a social security
 number (3-2-4) wins, then a payment card (Luhn checksum and a known issuer), then a phone number
-(parsed and validated by ``phonenumbers``). A run glued to letters or digits (UUIDs, invoice ids,
-tracking numbers) is nothing; a run that is not a number as a whole is tried without its first or last
+(parsed and validated by ``phonenumbers``); bare digits are a phone number only written
+internationally (``+14155550132``) or after a word such as *phone*, *call* or *mobile*. A run glued to
+letters or digits (UUIDs, invoice ids, tracking numbers) is nothing; a run that is not a number as a whole is tried without its first or last
 groups ("in 2019 4111 1111 1111 1111").
 """
 
@@ -41,6 +42,12 @@ _SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|ss#|social[ -]security)")
 #: How far before bare digits the words "SSN" or "social security" may be.
 SSN_CONTEXT_CHARS = 40
 _DATE = re.compile(r"(?:\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{4})(?!\d)")
+#: Words that make bare digits a phone number, at most this far before them.
+PHONE_CONTEXT = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|call|calling|mobile|cell|fax|sms|text|whatsapp|contact|reach|dial|ring|"
+    r"landline|hotline|ph|mob)\b"
+)
+PHONE_CONTEXT_CHARS = 40
 #: Words before a bare number that make it an identifier rather than a phone number.
 _ID_WORDS = re.compile(
     r"(?i)\b(?:po|order|invoice|ref|reference|id|account|acct|ticket|case|tracking|sku|batch|serial|"
@@ -232,8 +239,8 @@ def _classify_parts(text: str, start: int, end: int, value: str) -> Finding | No
     tries = 0
     for first in range(1, len(spans)):
         part_start = spans[first][0]
-        if value[part_start - 1] == "(":
-            part_start -= 1
+        if value[part_start - 1] != " ":
+            continue  # split only where words are: 0.5588917345860708 is a decimal
         if end - start - part_start < _MIN_CHARS or tries == _MAX_TRIES:
             break
         tries += 1
@@ -242,6 +249,8 @@ def _classify_parts(text: str, start: int, end: int, value: str) -> Finding | No
             return found
     for last in range(len(spans) - 2, -1, -1):
         part_end = spans[last][1]
+        if value[part_end] != " ":
+            continue
         if part_end < _MIN_CHARS or tries == _MAX_TRIES:
             break
         tries += 1
@@ -276,7 +285,11 @@ def _phone_shaped(text: str, start: int, value: str, separators: set[str], lengt
         return False  # a bare number is a phone with all its digits or a trunk prefix
     if (start > 0 and text[start - 1] == "#") or text[max(0, start - 2) : start] == "# ":
         return False  # order #, ticket #
-    return bool(separators) or international or not _ID_WORDS.search(text, max(0, start - 24), start)
+    if separators or international:
+        return True
+    # Bare digits (2147483647, ids, timestamps) are a phone number only after a word that says so.
+    window = max(0, start - PHONE_CONTEXT_CHARS)
+    return bool(PHONE_CONTEXT.search(text, window, start)) and not _ID_WORDS.search(text, window, start)
 
 
 @functools.lru_cache(maxsize=4096)

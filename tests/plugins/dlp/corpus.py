@@ -210,6 +210,14 @@ def _ibans() -> list[str]:
 
 IBANS = _ibans()
 
+BARE_PHONES = [
+    ("4155550132", "Call me on 4155550132 after five."),
+    ("02079460958", "Tel: 02079460958 (office)"),
+    ("2125550147", "her mobile is 2125550147"),
+    ("07946095812", "Phone 07946095812"),
+    ("+442079460958", "Reach the desk at +442079460958."),
+]
+
 IPS = [
     "192.168.1.10", "10.0.0.1", "172.16.254.3", "8.8.8.8", "203.0.113.42", "198.51.100.7",
     "255.255.255.255", "100.64.12.9", "52.94.236.248", "127.0.0.1", "2001:db8::1",
@@ -347,6 +355,7 @@ POSITIVES: list[Sample] = [
     Sample(EMAIL_ADDRESS, "anna@example.com", "Write to <anna@example.com> or call.", True),
     Sample(EMAIL_ADDRESS, "ben.k@example.org", "mailto:ben.k@example.org", True),
     *_place(PHONE_NUMBER, PHONES),
+    *[Sample(PHONE_NUMBER, value, text, True) for value, text in BARE_PHONES],
     *_place(US_SSN, SSNS),
     *[Sample(US_SSN, value, text, True) for value, text in BARE_SSNS],
     *_place(CREDIT_CARD, CARDS),
@@ -460,6 +469,10 @@ NEGATIVES: list[Sample] = [
             ("99.99", "Price 99.99."),
             ("4155550132abc", "Token 4155550132abc."),
             ("v1.415.555.0132", "Tag v1.415.555.0132."),
+            ("2147483647", "INT_MAX is 2147483647 on this platform."),
+            ("3769704066", "seed = [3769704066, 1170797179, 4108474671]"),
+            ("2125550147", "example_number='2125550147'"),
+            ("4155550132", "Order number 4155550132 was shipped."),
         ],
     ),
     *_negative(
@@ -506,6 +519,11 @@ NEGATIVES: list[Sample] = [
             ("a::b", "Ruby a::b style"),
             ("1.1.1.1.1", "Outline 1.1.1.1.1."),
             ("300.1.1.1", "Value 300.1.1.1."),
+            ("x[::2]", "evens = x[::2]"),
+            ("a[1::3]", "print(a[1::3], b[4::6])"),
+            ("§4.2.3.2", "as RFC 5891 §4.2.3.2 says"),
+            (">= 3.10.0.0", "typing_extensions >= 3.10.0.0 is required"),
+            ("3.3.2.3", "see section 3.3.2.3 of the spec"),
         ],
     ),
     *_negative(
@@ -692,6 +710,18 @@ NEGATIVES: list[Sample] = [
             ("keyboard: 104", "keyboard: 104 keys"),
             ("str", "def login(user: str, password: str) -> None:"),
             ("EXAMPLE", "access_key: EXAMPLE-ACCESS-KEY-1234"),
+            ("_2_Key2d", 'def __getitem__(self, key: _2_Key2d) -> "Float64":'),
+            ("Ed25519PrivateKey", "def sign(self, private_key: Ed25519PrivateKey | None = None):"),
+            ("X25519PublicKey", "def exchange(self, peer_public_key: X25519PublicKey) -> bytes:"),
+            ("Comment.Special", "elif token == Comment.Special2:"),
+            ("m2m_object", "if backward_key != m2m_object.forward_key1:"),
+            ("Required.", ":param refresh_token: Required. Input only."),
+            ("Optional.", ":param page_token: Optional. A page token."),
+            ("tok_checkpoint_2", 'assert result.continuation_token == "tok_checkpoint_2"'),
+            ("TOK_STREAM_FINAL_B64", "'continuationToken': TOK_STREAM_FINAL_B64,"),
+            ("ed25519_key", "self._ed25519_key = ed25519_key"),
+            ("b64encode", "token = b64encode(userpass).decode()"),
+            ("MLDSA44Ed25519PublicKey", "public_key = MLDSA44Ed25519PublicKey(data)"),
         ],
     ),
 ]
