@@ -40,7 +40,7 @@ from plugins.dlp.pii_patterns.entities import (
     SLACK_TOKEN,
     character_classes,
     entropy,
-    is_word_char,
+    glued_before,
 )
 
 #: The pattern of each prefix's key, how much of its start is the fixed prefix, and how many
@@ -76,11 +76,11 @@ _PLACEHOLDER_PARTS = (
 
 _PEM = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----"
-    r"((?:[A-Za-z0-9+/=:,. \t\r\n]|\\[rnt/]|-(?!----))*+)"
+    r"((?:[A-Za-z0-9+/=:,. \t\r\n]|\\{1,3}[rnt/]|-(?!----))*+)"
     r"(-----END \1PRIVATE KEY-----)?"
 )
 _KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/]{16,}")
-_PEM_TRAILING_SPACE = re.compile(r"(?:\s|\\[rnt])+\Z")
+_PEM_TRAILING_SPACE = re.compile(r"(?:\s|\\{1,3}[rnt])+\Z")
 #: Fewest base64 characters of key material a PEM block must hold (placeholders hold ``...``).
 MIN_KEY_MATERIAL = 64
 
@@ -110,7 +110,7 @@ KEY_WINDOW = 64
 
 def compile_assignment(min_length: int) -> re.Pattern[str]:
     """The pattern of assignments whose value has at least ``min_length`` characters."""
-    quoted = f"\\\\?[\"'`]{_SCHEME}({QUOTED_CHARS}{{{min_length},}})"
+    quoted = f"\\\\*[\"'`]{_SCHEME}({QUOTED_CHARS}{{{min_length},}})"
     bare = f"{_SCHEME}({_BARE_CHARS}{{{min_length},}})"
     return re.compile(f"{OPERATOR}(?:{quoted}|{bare})")
 
@@ -119,7 +119,7 @@ def find_keys(text: str, wanted: frozenset[str], min_entropy: float) -> Iterator
     """Vendor keys and tokens, and JWTs."""
     taken = 0
     for start, family in sorted(_key_candidates(text)):
-        if start < taken or (start > 0 and (is_word_char(text[start - 1]) or text[start - 1] == "-")):
+        if start < taken or glued_before(text, start, "-"):
             continue
         if family == "sk-" and text.startswith("sk-ant-", start):
             family = "sk-ant-"
@@ -218,9 +218,7 @@ def key_start(text: str, operator: int) -> int | None:
     window = max(0, operator - KEY_WINDOW)
     head = text[window:operator].rstrip(" \t")
     if head[-1:] in ("'", '"', "`"):
-        head = head[:-1]
-        if head.endswith("\\"):
-            head = head[:-1]
+        head = head[:-1].rstrip("\\")
     lowered = head.lower()
     if not lowered.endswith(SECRET_KEYWORDS):
         return None
@@ -228,8 +226,9 @@ def key_start(text: str, operator: int) -> int | None:
         if lowered.endswith(keyword):
             begin = len(head) - len(keyword)
             before = head[begin - 1] if begin > 0 else " "
+            escaped = before in "ntr" and head[begin - 2 : begin - 1] == "\\"  # "\\npassword: ..."
             # api_key, --password, "token"; camelCase: accessToken.
-            if not before.isalnum() or (before.islower() and head[begin].isupper()):
+            if not before.isalnum() or escaped or (before.islower() and head[begin].isupper()):
                 return window + begin
     return None
 

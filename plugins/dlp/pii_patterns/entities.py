@@ -34,16 +34,26 @@ SECRET_TYPES = KEY_TYPES | {PRIVATE_KEY, GENERIC_SECRET}
 ALL_TYPES = NUMBER_TYPES | NETWORK_TYPES | SECRET_TYPES | {IBAN_CODE}
 
 
+#: Where a word starts, in a regular expression: ``\\b``, or after a JSON escape (``\\nSSN``).
+WORD_START = r"(?:(?<=\\[ntr])|\b)"
+
+
 def is_word_char(char: str) -> bool:
     """Whether ``char`` continues a word (a value next to one is part of something longer)."""
     return char.isalnum() or char == "_"
 
 
-def bounded(text: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is not glued to letters or digits on either side."""
-    return (start == 0 or not is_word_char(text[start - 1])) and (
-        end == len(text) or not is_word_char(text[end])
-    )
+def glued_before(text: str, start: int, also: str = "") -> bool:
+    """Whether ``text[start]`` continues a word (or follows one of ``also``). A JSON escape such as
+    ``\\n`` ends the word before it: texts may be JSON-escaped fragments (tool-call arguments)."""
+    if start == 0:
+        return False
+    before = text[start - 1]
+    if before in also:
+        return True
+    if not is_word_char(before):
+        return False
+    return not (before in "ntr" and start > 1 and text[start - 2] == "\\")
 
 
 def entropy(value: str) -> float:

@@ -25,6 +25,7 @@ from plugins.dlp.pii_patterns.entities import (
     PHONE_NUMBER,
     PRIVATE_KEY,
     US_SSN,
+    WORD_START,
 )
 from plugins.dlp.pii_patterns.numbers import PHONE_CONTEXT, PHONE_CONTEXT_CHARS, SSN_CONTEXT_CHARS
 
@@ -37,11 +38,11 @@ ASSIGNMENT_TAIL_CHARS = 1024
 PEM_TAIL_CHARS = 8192
 
 _NUMBER_TAIL = re.compile(r"[+(0-9A-Z][0-9A-Z()./ -]*\Z")
-_SSN_WORDS = re.compile(r"(?i)\b(?:ssn|ss#|social(?:[ -]security)?)")
+_SSN_WORDS = re.compile(r"(?i)" + WORD_START + r"(?:ssn|ss#|social(?:[ -]security)?)")
 #: An operator and a value that could still grow, or that ends in the last word (which is held, and
 #: must keep its key): "Bearer" and its token count as one value.
 _OPEN_ASSIGNMENT = re.compile(
-    f"{OPERATOR}(?:\\\\?[\"'`])?{QUOTED_CHARS}*+(?:[ \\t]+{QUOTED_CHARS}*+)?\\S*+\\Z"
+    f"{OPERATOR}(?:\\\\*[\"'`])?{QUOTED_CHARS}*+(?:[ \\t]+{QUOTED_CHARS}*+)?\\S*+\\Z"
 )
 _BEGIN_LINE = re.compile(r"-----BEGIN [A-Z0-9 ]*-----")
 _END_LINE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")

@@ -16,7 +16,13 @@ import re
 from collections.abc import Iterator
 
 from gateway_core import Finding
-from plugins.dlp.pii_patterns.entities import EMAIL_ADDRESS, IP_ADDRESS, is_word_char
+from plugins.dlp.pii_patterns.entities import (
+    EMAIL_ADDRESS,
+    IP_ADDRESS,
+    WORD_START,
+    glued_before,
+    is_word_char,
+)
 
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _MAX_LOCAL = 64
@@ -27,7 +33,9 @@ _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "pdf",
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 #: What makes a dotted quad a version or a section number: a word, ``§``, or a comparison (``>=``).
 _VERSION_WORD = re.compile(
-    r"(?i)(?:\b(?:version|ver|release|build|v|section|sec|chapter)\.?|§|==|[<>~^!])[ \t]*[:=]?[ \t]*\Z"
+    r"(?i)(?:"
+    + WORD_START
+    + r"(?:version|ver|release|build|v|section|sec|chapter)\.?|§|==|[<>~^!])[ \t]*[:=]?[ \t]*\Z"
 )
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:")
@@ -40,6 +48,8 @@ def find_emails(text: str) -> Iterator[Finding]:
         start = at
         while start > 0 and at - start < _MAX_LOCAL and text[start - 1] in _LOCAL_CHARS:
             start -= 1
+        if start > 0 and text[start - 1] == "\\" and text[start] in "ntr":
+            start += 1  # "\\nalice@example.com" in a JSON-escaped text
         while start < at and text[start] == ".":
             start += 1
         domain = _DOMAIN.match(text, at + 1)
@@ -59,7 +69,7 @@ def find_ipv4(text: str, pos: int = 0, endpos: int | None = None) -> Iterator[Fi
     """IPv4 addresses in ``text[pos:endpos]`` (the numbers' scan finds where dotted digits are)."""
     for match in _IPV4.finditer(text, pos, len(text) if endpos is None else endpos):
         start, end = match.span()
-        if start > 0 and (is_word_char(text[start - 1]) or text[start - 1] == "."):
+        if glued_before(text, start, "."):
             continue
         if end < len(text) and (
             is_word_char(text[end]) or (text[end] == "." and end + 1 < len(text) and text[end + 1].isdigit())
@@ -97,7 +107,7 @@ def find_ipv6(text: str) -> Iterator[Finding]:
 
 
 def _ipv6_ok(text: str, start: int, end: int, candidate: str) -> bool:
-    if (start > 0 and is_word_char(text[start - 1])) or (end < len(text) and is_word_char(text[end])):
+    if glued_before(text, start) or (end < len(text) and is_word_char(text[end])):
         return False
     if not any(char.isdigit() for char in candidate):
         return False

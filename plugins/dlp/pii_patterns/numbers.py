@@ -25,6 +25,8 @@ from plugins.dlp.pii_patterns.entities import (
     IP_ADDRESS,
     PHONE_NUMBER,
     US_SSN,
+    WORD_START,
+    glued_before,
     is_word_char,
 )
 from plugins.dlp.pii_patterns.network import find_ipv4
@@ -38,19 +40,23 @@ _GROUP = re.compile(r"\d+")
 _MIN_CHARS = 7
 #: Most groups a run may lose when it is not a number as a whole.
 _MAX_TRIES = 4
-_SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|ss#|social[ -]security)")
+_SSN_CONTEXT = re.compile(r"(?i)" + WORD_START + r"(?:ssn|ss#|social[ -]security)")
 #: How far before bare digits the words "SSN" or "social security" may be.
 SSN_CONTEXT_CHARS = 40
 _DATE = re.compile(r"(?:\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{4})(?!\d)")
 #: Words that make bare digits a phone number, at most this far before them.
 PHONE_CONTEXT = re.compile(
-    r"(?i)\b(?:phone|tel|telephone|call|calling|mobile|cell|fax|sms|text|whatsapp|contact|reach|dial|ring|"
+    r"(?i)"
+    + WORD_START
+    + r"(?:phone|tel|telephone|call|calling|mobile|cell|fax|sms|text|whatsapp|contact|reach|dial|ring|"
     r"landline|hotline|ph|mob)\b"
 )
 PHONE_CONTEXT_CHARS = 40
 #: Words before a bare number that make it an identifier rather than a phone number.
 _ID_WORDS = re.compile(
-    r"(?i)\b(?:po|order|invoice|ref|reference|id|account|acct|ticket|case|tracking|sku|batch|serial|"
+    r"(?i)"
+    + WORD_START
+    + r"(?:po|order|invoice|ref|reference|id|account|acct|ticket|case|tracking|sku|batch|serial|"
     r"build|version|isbn|ein|part)\.?[ \t]*[:#]?[ \t]*\Z"
 )
 _KNOWN_FAKE_SSNS = frozenset({"123456789", "078051120", "219099999"})
@@ -122,7 +128,7 @@ def _with_brackets(text: str, start: int, end: int, value: str) -> tuple[int, in
 def _iban_at(text: str, start: int) -> tuple[Finding | None, int]:
     """The IBAN at ``text[start]``, printed whole or in groups of four, with its country's length and
     checksum; and where what is shaped like one ends (0 when nothing is)."""
-    if start > 0 and is_word_char(text[start - 1]):
+    if glued_before(text, start):
         return None, 0
     match = _IBAN.match(text, start)
     if match is None:
@@ -200,7 +206,7 @@ def _glued(text: str, start: int, end: int) -> bool:
     """Whether the run at ``text[start:end]`` is part of a longer token (``INV-2024-00123``, a UUID)."""
     if start > 0:
         before = text[start - 1]
-        if is_word_char(before) or (before in "-./" and start > 1 and text[start - 2].isalnum()):
+        if glued_before(text, start) or (before in "-./" and start > 1 and text[start - 2].isalnum()):
             return True
     if end < len(text):
         after = text[end]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import random
 from collections.abc import Sequence
 
@@ -106,6 +107,21 @@ def test_a_json_escaped_private_key_in_tool_call_arguments() -> None:
     key = f"-----BEGIN PRIVATE KEY-----\\n{body}\\n-----END PRIVATE KEY-----"
     arguments = '{"path": "key.pem", "content": "' + key + '\\n"}'
     assert spans(dlp, arguments) == [(PRIVATE_KEY, key)]
+
+
+def test_every_true_value_is_found_in_a_json_escaped_text() -> None:
+    """Texts may be fragments of JSON (streamed tool-call arguments): line breaks are ``\\n``."""
+    dlp = build_filter()
+    missed = []
+    for sample in POSITIVES:
+        text = json.dumps("\n" + sample.text + "\n")[1:-1]
+        value = json.dumps(sample.value)[1:-1]
+        start = text.index(value)
+        if (sample.entity_type, start, start + len(value)) not in {
+            _at(f, 0) for f in dlp.find(text, ALL_TYPES)
+        }:
+            missed.append(text)
+    assert missed == []
 
 
 def test_a_private_key_cut_short_is_reported_to_the_end_of_its_material() -> None:
