@@ -104,6 +104,7 @@ class PiiPatterns(DlpFilter):
                 )
                 if (finding.start, finding.end) not in typed
             )
+            found.extend(credentials.find_url_passwords(text, self._secret_length, self._secret_entropy))
         return found
 
     def holdback(self, text: str, entity_types: frozenset[str]) -> int:

@@ -16,6 +16,7 @@ A generic secret is the value of an assignment whose key names a secret (``passw
 ``secret_min_length`` characters, a digit or three character classes, enough entropy (scaled down
 for short values, which cannot reach as many bits per character), and nothing that reads as a
 placeholder, a variable or an expression (``changeme``, ``<your-key>``, ``${TOKEN}``, ``os.environ``).
+The password of a URL (``postgres://app:S3cretPw!2024@db/app``) is one too.
 """
 
 from __future__ import annotations
@@ -96,14 +97,16 @@ _SCHEME = r"(?:(?i:bearer|basic|token)[ \t]+)?"
 #: A quoted value ends at a quote or a space; a bare one also at punctuation (``&`` of a query string).
 QUOTED_CHARS = r"[^\s\"'`\\]"
 _BARE_CHARS = r"[^\s\"'`,;&\\<>(){}\[\]]"
-#: Values that are names, not secrets: ``settings.SECRET_KEY``, ``customer_id``, ``tok_checkpoint_2``,
-#: ``TOKEN_FROM_ENV``.
+#: Values that are names, not secrets: ``settings.SECRET_KEY``, ``ec.EllipticCurvePublicKey``,
+#: ``customer_id``, ``tok_checkpoint_2``, ``TOKEN_FROM_ENV`` (a random token is none of these).
+_NAME_PART = r"(?:_?[A-Za-z][a-z0-9_]*|_?[A-Z][A-Z0-9_]*|(?:[A-Z]+[a-z0-9]+)+[A-Z]*)"
 _IDENTIFIER = re.compile(
-    r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+|[a-z][a-z0-9]*(?:[_-][a-z0-9]+)+"
-    r"|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|_\w*"
+    rf"{_NAME_PART}(?:\.{_NAME_PART})+|[a-z][a-z0-9]*(?:[_-][a-z0-9]+)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|_\w*"
 )
-_IDENTIFIER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PLACEHOLDER_VALUES = frozenset({"password", "secret", "changeme", "none", "null", "undefined", "redacted"})
+#: The password of a URL's user information: ``scheme://user:password@host``.
+_URL_PASSWORD = re.compile(r"://[^\s:/@]{1,64}:([^\s/@]{1,128})@")
 #: How far before its operator a key name may start.
 KEY_WINDOW = 64
 
@@ -211,6 +214,16 @@ def _expression(text: str, start: int, end: int, operator: str) -> bool:
     if rest[:1] == "(":
         return True
     return operator == ":" and (rest[:1] in (",", ")", "]", "|", "=") or rest.startswith("->"))
+
+
+def find_url_passwords(text: str, min_length: int, min_entropy: float) -> Iterator[Finding]:
+    """Passwords in URLs (``postgres://app:S3cretPw!2024@db.internal/app``)."""
+    if "://" not in text:
+        return
+    for match in _URL_PASSWORD.finditer(text):
+        start, end = match.span(1)
+        if end - start >= min_length and secret_value_ok(match.group(1), min_entropy):
+            yield Finding(GENERIC_SECRET, start, end)
 
 
 def key_start(text: str, operator: int) -> int | None:

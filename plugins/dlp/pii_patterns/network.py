@@ -1,6 +1,7 @@
 """Addresses: e-mail addresses and IP addresses (IPv4 and IPv6, validated by :mod:`ipaddress`).
 
-An e-mail address is looked for only around an ``@``. A dotted quad is an IPv4 address when every
+An e-mail address is looked for only around an ``@`` (not the one of a URL's user information,
+``https://user:password@host``). A dotted quad is an IPv4 address when every
 part is at most 255 without leading zeros and it is not part of a longer dotted number; one that
 follows the word *version* (or *ver*, *release*, *build*, *section*, ``§``, a comparison such as
 ``>=``) is a version or section number, not an address. IPv6
@@ -55,6 +56,7 @@ def find_emails(text: str) -> Iterator[Finding]:
         domain = _DOMAIN.match(text, at + 1)
         if (
             domain is not None
+            and not _url_user(text, at)
             and start < at
             and text[at - 1] != "."
             and domain.group(1).lower() not in _FILE_EXTENSIONS
@@ -63,6 +65,12 @@ def find_emails(text: str) -> Iterator[Finding]:
             at = text.find("@", domain.end())
         else:
             at = text.find("@", at + 1)
+
+
+def _url_user(text: str, at: int) -> bool:
+    """Whether the ``@`` ends the user information of a URL (``https://user:pass@host``)."""
+    scheme = text.rfind("://", max(0, at - 256), at)
+    return scheme != -1 and not any(char.isspace() for char in text[scheme:at])
 
 
 def find_ipv4(text: str, pos: int = 0, endpos: int | None = None) -> Iterator[Finding]:

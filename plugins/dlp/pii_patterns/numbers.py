@@ -5,9 +5,10 @@ One tokenizer finds every run of digits joined by single separators (space, dash
 area code), so a number is examined once and reported as one type: the shape of a social security
 number (3-2-4) wins, then a payment card (Luhn checksum and a known issuer), then a phone number
 (parsed and validated by ``phonenumbers``); bare digits are a phone number only written
-internationally (``+14155550132``) or after a word such as *phone*, *call* or *mobile*. A run glued to
-letters or digits (UUIDs, invoice ids, tracking numbers) is nothing; a run that is not a number as a whole is tried without its first or last
-groups ("in 2019 4111 1111 1111 1111").
+internationally (``+14155550132``) or after a word such as *phone*, *call* or *mobile*. A run glued
+to letters or digits (UUIDs, invoice ids, tracking numbers) is nothing; a run that is not a number as
+a whole is tried, as a card or a social security number, without its first or last groups ("in 2019
+4111 1111 1111 1111").
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def find_numbers(text: str, wanted: frozenset[str], regions: tuple[str, ...]) ->
         start, end = run.span()
         if start < taken:
             continue
-        country = text[start - 2 : start]
-        if country.isalpha() and country.isupper():
+        country = text[max(0, start - 2) : start]
+        if len(country) == 2 and country.isalpha() and country.isupper():
             iban, shaped = _iban_at(text, start - 2)
             if shaped:
                 # An IBAN, or one with a wrong checksum: its groups are not numbers of their own.
@@ -102,7 +103,7 @@ def find_numbers(text: str, wanted: frozenset[str], regions: tuple[str, ...]) ->
                 continue
         if not numbers:
             continue
-        if text[end - 1] == ")" or (end - start > 1 and ")" in run.group()[:6]):
+        if ")" in run.group():
             start, end = _with_brackets(text, start, end, run.group())
         if start > 0 and text[start - 1] == "+":
             start -= 1
@@ -116,10 +117,11 @@ def find_numbers(text: str, wanted: frozenset[str], regions: tuple[str, ...]) ->
 
 
 def _with_brackets(text: str, start: int, end: int, value: str) -> tuple[int, int]:
-    """A run whose first group is closed by ``)``: with its ``(`` (``(415) 555-0132``), else cut there."""
+    """A run whose first group is closed by ``)``: an area code with its ``(`` (``(415) 555-0132``),
+    else cut there (``(4111111111111111)``)."""
     close = value.find(")")
     if close != -1 and value[:close].isdigit():
-        if start > 0 and text[start - 1] == "(":
+        if close <= 5 and start > 0 and text[start - 1] == "(":
             return start - 1, end
         return start, start + close
     return start, end

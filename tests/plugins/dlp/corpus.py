@@ -348,6 +348,12 @@ GENERIC_SECRETS = [
     ("N0t-S0-S1mple#", "credentials: N0t-S0-S1mple#"),
     ("u7Hk2Lp9Qr4Ws6", "'password' => 'u7Hk2Lp9Qr4Ws6',"),
     ("Bz8Kq1Wm5Xn3", "private_key=Bz8Kq1Wm5Xn3"),
+    ("S3cretPw!2024", "DATABASE_URL = 'postgres://admin:S3cretPw!2024@db.internal:5432/app'"),
+    ("xK9mQ2vL7pR4", "amqp://worker:xK9mQ2vL7pR4@rabbit:5672//"),
+    (
+        "ya29.a0AfH6SMBx3kLmNoPqRsTuVwXyZ012345",
+        "curl -H 'Authorization: Bearer ya29.a0AfH6SMBx3kLmNoPqRsTuVwXyZ012345' https://api.example.com",
+    ),
 ]
 
 POSITIVES: list[Sample] = [
@@ -359,6 +365,9 @@ POSITIVES: list[Sample] = [
     *_place(US_SSN, SSNS),
     *[Sample(US_SSN, value, text, True) for value, text in BARE_SSNS],
     *_place(CREDIT_CARD, CARDS),
+    Sample(CREDIT_CARD, "4111111111111111", "Card (4111111111111111) on file.", True),
+    Sample(CREDIT_CARD, "5555 5555 5555 4444", "cards: [5555 5555 5555 4444, exp 12/27]", True),
+    Sample(CREDIT_CARD, "4012888888881881", '{"pan":"4012888888881881","cvv":"123"}', True),
     *_place(IBAN_CODE, IBANS),
     *_place(IP_ADDRESS, IPS, IP_SENTENCES),
     *[Sample(IP_ADDRESS, value, text, True) for value, text in IP_EXTRA],
@@ -721,6 +730,12 @@ NEGATIVES: list[Sample] = [
             ("TOK_STREAM_FINAL_B64", "'continuationToken': TOK_STREAM_FINAL_B64,"),
             ("ed25519_key", "self._ed25519_key = ed25519_key"),
             ("b64encode", "token = b64encode(userpass).decode()"),
+            ("password", "postgres://app:password@localhost/app"),
+            ("ec.EllipticCurvePublicKey", "def verify(public_key: ec.EllipticCurvePublicKey) -> bool:"),
+            ("requests.auth.AuthBase", "    auth: requests.auth.AuthBase\n"),
+            ("_TYPE_KEYS.get", "type_key = _TYPE_KEYS.get(name)"),
+            ("univ.ObjectIdentifier", "protocolEncrKey = univ.ObjectIdentifier(oid)"),
+            ("${DB_PASSWORD}", "redis://default:${DB_PASSWORD}@cache:6379/0"),
             ("MLDSA44Ed25519PublicKey", "public_key = MLDSA44Ed25519PublicKey(data)"),
         ],
     ),

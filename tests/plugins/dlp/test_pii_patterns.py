@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import random
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -28,7 +29,7 @@ from plugins.dlp.pii_patterns.entities import (
     PRIVATE_KEY,
     US_SSN,
 )
-from tests.benchmarks.dlp import Report, build_filter, score
+from tests.benchmarks.dlp import Report, benchmark_texts, build_filter, score
 from tests.plugins.dlp.corpus import NEGATIVES, POSITIVES, Sample
 
 MIN_RECALL = 0.99
@@ -195,6 +196,18 @@ def test_every_true_value_is_found_when_streamed_in_pieces() -> None:
             assert_streamed_like_whole(dlp, sample, cuts)
 
 
+def test_long_texts_streamed_in_tokens_lose_no_finding() -> None:
+    dlp = build_filter()
+    chooser = random.Random(812)
+    checked = 0
+    for text in benchmark_texts(count=20, seed=3):
+        cuts = list(itertools.accumulate(chooser.randint(1, 8) for _ in range(len(text))))
+        whole = {_at(finding, 0) for finding in dlp.find(text, ALL_TYPES)}
+        assert whole <= stream(dlp, split(text, [cut for cut in cuts if cut < len(text)]), ALL_TYPES)
+        checked += len(whole)
+    assert checked >= 10
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(POSITIVES),
@@ -235,6 +248,22 @@ def test_holds_back_a_bounded_tail_of_a_long_number() -> None:
     dlp = build_filter()
     text = "ids " + " ".join(["1234"] * 40)
     assert len(text) - dlp.holdback(text, frozenset({PHONE_NUMBER})) <= 48
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["1 ", "1.", "-", ":", "=", "a=", "password=", "a:", "@", "(1)", "+1 ", "AB12 ", "sk-", "eyJ", "AKIA",
+     "-----BEGIN PRIVATE KEY-----", "\\n", "Ab1"],
+)  # fmt: skip
+def test_cost_grows_linearly_on_hostile_texts(unit: str) -> None:
+    """100 KB of one repeated piece takes no longer than a few times 100 KB of prose (no regular
+    expression or loop that is quadratic in a run's length)."""
+    dlp = build_filter()
+    text = (unit * (100_000 // len(unit) + 1))[:100_000]
+    started = time.perf_counter()
+    dlp.find(text, ALL_TYPES)
+    dlp.holdback(text[-4096:], ALL_TYPES)
+    assert time.perf_counter() - started < 2.0
 
 
 # --- options and registration ---------------------------------------------------------------------
