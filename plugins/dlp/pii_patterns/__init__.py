@@ -70,6 +70,9 @@ class PiiPatternsOptions(BaseModel):
 
 
 class PiiPatterns(DlpFilter):
+    """Finds every type of :data:`~plugins.dlp.pii_patterns.entities.ALL_TYPES` in the event loop
+    (about 0.1 ms for 4 KB of prose): no thread, nothing to load."""
+
     name = NAME
     Options = PiiPatternsOptions
     entity_types = ALL_TYPES

@@ -194,8 +194,22 @@ def find_assigned_secrets(
             start, end = match.start(2), match.start(2) + len(match.group(2).rstrip("."))
             if _expression(text, start, end, text[operator]):
                 continue
-        if end - start >= min_length and secret_value_ok(text[start:end], min_entropy):
+        value = text[start:end]
+        if end - start >= min_length and (
+            secret_value_ok(value, min_entropy) or _basic_credentials(match, value)
+        ):
             yield Finding(GENERIC_SECRET, start, end)
+
+
+def _basic_credentials(match: re.Match[str], value: str) -> bool:
+    """``Authorization: Basic dXNlcjpwYXNz``: base64 of ``user:password``, whatever it looks like."""
+    if "basic" not in match.group().lower():
+        return False
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return False
+    return ":" in decoded and decoded.isprintable()
 
 
 def _comparison(text: str, operator: int) -> bool:

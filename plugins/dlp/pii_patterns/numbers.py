@@ -218,6 +218,7 @@ def _glued(text: str, start: int, end: int) -> bool:
 
 
 def _classify(text: str, start: int, end: int, regions: tuple[str, ...]) -> Finding | None:
+    """What the number at ``text[start:end]`` is, if anything (no phone number without ``regions``)."""
     value = text[start:end]
     groups = _GROUP.findall(value)
     digits = "".join(groups)
@@ -302,6 +303,8 @@ def _phone_shaped(text: str, start: int, value: str, separators: set[str], lengt
 
 @functools.lru_cache(maxsize=4096)
 def valid_phone(value: str, regions: tuple[str, ...]) -> bool:
+    """Whether ``phonenumbers`` reads ``value`` as a valid number, international or national in one of
+    ``regions``. Cached: it costs about 25 µs, and a conversation sends the same numbers every turn."""
     if value.startswith("00") and not value.startswith("000"):
         value = "+" + value[2:]
     elif value.startswith("011") and "US" in regions:

@@ -348,6 +348,7 @@ GENERIC_SECRETS = [
     ("N0t-S0-S1mple#", "credentials: N0t-S0-S1mple#"),
     ("u7Hk2Lp9Qr4Ws6", "'password' => 'u7Hk2Lp9Qr4Ws6',"),
     ("Bz8Kq1Wm5Xn3", "private_key=Bz8Kq1Wm5Xn3"),
+    ("dXNlcjpwYXNzd29yZA==", "curl -H 'Authorization: Basic dXNlcjpwYXNzd29yZA==' https://example.com"),
     ("S3cretPw!2024", "DATABASE_URL = 'postgres://admin:S3cretPw!2024@db.internal:5432/app'"),
     ("xK9mQ2vL7pR4", "amqp://worker:xK9mQ2vL7pR4@rabbit:5672//"),
     (
@@ -731,6 +732,7 @@ NEGATIVES: list[Sample] = [
             ("ed25519_key", "self._ed25519_key = ed25519_key"),
             ("b64encode", "token = b64encode(userpass).decode()"),
             ("password", "postgres://app:password@localhost/app"),
+            ("Basic realm", 'WWW-Authenticate: Basic realm="Restricted Area"'),
             ("ec.EllipticCurvePublicKey", "def verify(public_key: ec.EllipticCurvePublicKey) -> bool:"),
             ("requests.auth.AuthBase", "    auth: requests.auth.AuthBase\n"),
             ("_TYPE_KEYS.get", "type_key = _TYPE_KEYS.get(name)"),
