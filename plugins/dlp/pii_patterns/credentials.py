@@ -3,8 +3,10 @@
 Vendor keys are found from one scan for their prefixes (``sk-``, ``AIza``, ``AKIA``, ``ghp_``,
 ``xoxb-``, ``eyJ``, ...); the random part must look random (mixed character classes, Shannon entropy
 of at least ``key_min_entropy`` bits per character) and hold no placeholder word, so ``sk-xxxx...``,
-``sk-your-key-here``, ``sk-test-key-0a1b2c3d`` and AWS's documented ``AKIAIOSFODNN7EXAMPLE`` are not
-reported. Random parts in base 62 must mix lower case, upper case and digits, as real ones do. A JWT's header
+``sk-your-key-here`` and ``sk-test-key-0a1b2c3d`` are not reported. Random parts in base 62 must mix
+lower case, upper case and digits, as real ones do. A vendor's documented example key
+(``AKIAIOSFODNN7EXAMPLE``) is reported, as the networks' test card numbers are: it is what people
+check a DLP set-up with. A JWT's header
 must decode to a JSON object with ``alg`` and its payload to a JSON object.
 
 A PEM block runs from ``-----BEGIN ... PRIVATE KEY-----`` to its ``-----END`` line; line breaks may be
@@ -71,8 +73,8 @@ _PREFIX_ANCHORS: tuple[tuple[str, tuple[tuple[int, tuple[str, ...], str], ...]],
 )
 #: Words that show a value was written to be replaced.
 _PLACEHOLDER_PARTS = (
-    "xxxx", "****", "....", "your", "example", "placeholder", "redacted", "dummy", "fake", "insert",
-    "replace", "changeme", "change_me", "sample", "test",
+    "xxxx", "****", "....", "your", "placeholder", "redacted", "dummy", "fake", "insert", "replace",
+    "changeme", "change_me", "sample", "test",
 )  # fmt: skip
 
 _PEM = re.compile(
@@ -275,6 +277,7 @@ def secret_value_ok(value: str, min_entropy: float) -> bool:
     if (
         lowered in _PLACEHOLDER_VALUES
         or any(part in lowered for part in _PLACEHOLDER_PARTS)
+        or "example" in lowered
         or value[0] in "$%*#@<{["
         or lowered.startswith(("http://", "https://"))
         or _IDENTIFIER.fullmatch(value)

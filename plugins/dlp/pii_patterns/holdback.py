@@ -8,6 +8,8 @@ split across chunks through, and holding too much only delays it. What is held, 
   of digits, upper-case letters, spaces and ``+()./-``, at most :data:`NUMBER_TAIL_CHARS`;
 * US_SSN and PHONE_NUMBER: also the words that make bare digits one ("SSN", "social security";
   "phone", "call", ...) while the digits could still follow them;
+* IP_ADDRESS: the word "version" (and the others that make a dotted quad a version) while its number
+  could still follow, so a version streamed in pieces is not taken for an address;
 * GENERIC_SECRET: an assignment whose value could still grow or ends in the last word, from its key
   (``password = "hun``), and a secret's key name waiting for its operator;
 * PRIVATE_KEY: a ``-----BEGIN`` line not yet closed by its ``-----END`` line, at most
@@ -21,12 +23,14 @@ import re
 from plugins.dlp.pii_patterns.credentials import OPERATOR, QUOTED_CHARS, key_start
 from plugins.dlp.pii_patterns.entities import (
     GENERIC_SECRET,
+    IP_ADDRESS,
     NUMBER_TYPES,
     PHONE_NUMBER,
     PRIVATE_KEY,
     US_SSN,
     WORD_START,
 )
+from plugins.dlp.pii_patterns.network import VERSION_WORD
 from plugins.dlp.pii_patterns.numbers import PHONE_CONTEXT, PHONE_CONTEXT_CHARS, SSN_CONTEXT_CHARS
 
 #: The longest run of non-whitespace characters held (a JWT or a PEM block on one line).
@@ -44,6 +48,9 @@ _SSN_WORDS = re.compile(r"(?i)" + WORD_START + r"(?:ssn|ss#|social(?:[ -]securit
 _OPEN_ASSIGNMENT = re.compile(
     f"{OPERATOR}(?:\\\\*[\"'`])?{QUOTED_CHARS}*+(?:[ \\t]+{QUOTED_CHARS}*+)?\\S*+\\Z"
 )
+#: A version word and the dotted number that may still follow it (``version 4.2.``), or that the
+#: number tail holds (``version 4.2.1.7 ``).
+_VERSION_TAIL = re.compile(VERSION_WORD + r"[0-9.]*[0-9A-Z()./ \t-]*\Z")
 _BEGIN_LINE = re.compile(r"-----BEGIN [A-Z0-9 ]*-----")
 _END_LINE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
@@ -59,6 +66,10 @@ def holdback(text: str, wanted: frozenset[str]) -> int:
         cut = min(cut, _words_tail(text, _SSN_WORDS, SSN_CONTEXT_CHARS + 11))
     if PHONE_NUMBER in wanted:
         cut = min(cut, _words_tail(text, PHONE_CONTEXT, PHONE_CONTEXT_CHARS + 17))
+    if IP_ADDRESS in wanted:
+        version = _VERSION_TAIL.search(text, max(0, len(text) - 40))
+        if version is not None:
+            cut = min(cut, version.start())
     if GENERIC_SECRET in wanted:
         cut = min(cut, _assignment_tail(text))
     if PRIVATE_KEY in wanted:

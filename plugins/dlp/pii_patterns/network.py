@@ -33,11 +33,12 @@ _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "pdf",
 
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 #: What makes a dotted quad a version or a section number: a word, ``§``, or a comparison (``>=``).
-_VERSION_WORD = re.compile(
-    r"(?i)(?:"
+VERSION_WORD = (
+    r"(?:"
     + WORD_START
-    + r"(?:version|ver|release|build|v|section|sec|chapter)\.?|§|==|[<>~^!])[ \t]*[:=]?[ \t]*\Z"
+    + r"(?i:version|ver|release|build|v|section|sec|chapter)\.?|§|==|!=|[<>~^])[ \t]*[:=]?[ \t]*"
 )
+_VERSION_WORD = re.compile(VERSION_WORD + r"\Z")
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:")
 _IPV6_TAIL_CHARS = _IPV6_CHARS | {"."}

@@ -378,6 +378,9 @@ POSITIVES: list[Sample] = [
     *_place(ANTHROPIC_API_KEY, ANTHROPIC_KEYS, KEY_SENTENCES),
     *_place(GOOGLE_API_KEY, GOOGLE_KEYS, KEY_SENTENCES),
     *_place(AWS_ACCESS_KEY, AWS_KEYS, KEY_SENTENCES),
+    # AWS's documented example keys: what people check a DLP set-up with.
+    Sample(AWS_ACCESS_KEY, "AKIAIOSFODNN7EXAMPLE", "aws_access_key_id = AKIAIOSFODNN7EXAMPLE", True),
+    Sample(AWS_ACCESS_KEY, "ASIAIOSFODNN7EXAMPLE", "Session ASIAIOSFODNN7EXAMPLE", True),
     *_place(GITHUB_TOKEN, GITHUB_TOKENS, KEY_SENTENCES),
     *_place(SLACK_TOKEN, SLACK_TOKENS, KEY_SENTENCES),
     *[Sample(GENERIC_SECRET, value, text, True) for value, text in GENERIC_SECRETS],
@@ -601,11 +604,9 @@ NEGATIVES: list[Sample] = [
     *_negative(
         AWS_ACCESS_KEY,
         [
-            ("AKIAIOSFODNN7EXAMPLE", "aws_access_key_id = AKIAIOSFODNN7EXAMPLE"),
             ("AKIAXXXXXXXXXXXXXXXX", "Use AKIAXXXXXXXXXXXXXXXX as a placeholder."),
             ("AKIA1234", "Prefix AKIA1234 only."),
             ("AKIAAAAAAAAAAAAAAAAA", "Dummy AKIAAAAAAAAAAAAAAAAA."),
-            ("ASIAIOSFODNN7EXAMPLE", "Session ASIAIOSFODNN7EXAMPLE"),
             ("XAKIAQ3EGRTDMZ7PXKL4NX", "Glued XAKIAQ3EGRTDMZ7PXKL4NX value."),
         ],
     ),

@@ -196,6 +196,14 @@ def test_every_true_value_is_found_when_streamed_in_pieces() -> None:
             assert_streamed_like_whole(dlp, sample, cuts)
 
 
+def test_look_alikes_streamed_in_tokens_are_still_nothing() -> None:
+    dlp = build_filter()
+    chooser = random.Random(1209)
+    for sample in NEGATIVES:
+        cuts = list(itertools.accumulate(chooser.randint(1, 4) for _ in range(len(sample.text))))
+        assert stream(dlp, split(sample.text, cuts), ALL_TYPES) == set(), sample.text
+
+
 def test_long_texts_streamed_in_tokens_lose_no_finding() -> None:
     dlp = build_filter()
     chooser = random.Random(812)
