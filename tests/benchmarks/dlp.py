@@ -4,16 +4,18 @@ Prints, per entity type, the true positives, false positives, false negatives, p
 of ``find`` on :mod:`tests.plugins.dlp.corpus`, then the cost of ``find`` (all types on) over texts
 of about 4 KB of prose holding a few corpus sentences.
 
-    python -m tests.benchmarks.dlp                              # prints the tables (~10 s)
-    python -m tests.benchmarks.dlp --write docs/dlp-accuracy.md # what `make bench-dlp` runs
+    python -m tests.benchmarks.dlp                  # prints the tables (a few seconds)
+    python -m tests.benchmarks.dlp --errors         # and every wrong answer
+    python -m tests.benchmarks.dlp --end-to-end --write docs/dlp-accuracy.md   # `make bench-dlp` (~20 s)
 
-:func:`measure` returns the figures as a :class:`Report`; an end-to-end figure (a request through the
-gateway with DLP on) can be added to it as another :class:`Cost`.
+:func:`measure` returns the figures as a :class:`Report`; ``--end-to-end`` adds what the filter costs
+a request through a gateway (:mod:`tests.benchmarks.dlp_overhead`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import gc
 import os
@@ -76,6 +78,9 @@ class Report:
     costs: list[Cost] = field(default_factory=list)
     #: What each wrong answer was: (entity type, "FP" or "FN", the text).
     errors: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The table of :mod:`tests.benchmarks.dlp_overhead`: a request through a gateway with and without
+    #: the filter (empty unless asked for).
+    end_to_end: list[str] = field(default_factory=list)
 
 
 def build_filter() -> PiiPatterns:
@@ -172,12 +177,16 @@ def find_costs(dlp: PiiPatterns, texts: Sequence[str], rounds: int = 100) -> lis
     ]
 
 
-def measure(rounds: int = 200, extra: Sequence[Callable[[], Cost]] = ()) -> Report:
-    """The corpus scores and the cost of ``find``; then each of ``extra`` (an end-to-end figure)."""
+def measure(rounds: int = 200, *, end_to_end: bool = False) -> Report:
+    """The corpus scores and the cost of ``find``; with ``end_to_end``, also what the filter adds to a
+    request through a gateway (two servers in front of the fake upstream, about 15 s)."""
     dlp = build_filter()
     report = score(dlp)
     report.costs += find_costs(dlp, benchmark_texts(), rounds)
-    report.costs += [cost() for cost in extra]
+    if end_to_end:
+        from tests.benchmarks.dlp_overhead import measure_overhead
+
+        report.end_to_end = asyncio.run(measure_overhead(rounds=2, seconds=1.5)).lines()
     return report
 
 
@@ -201,6 +210,9 @@ def render(report: Report) -> str:
     )
     lines += ["", "| Cost | p50 (µs) | p99 (µs) | calls |", "|---|---:|---:|---:|"]
     lines += [f"| {cost.label} | {cost.p50:.1f} | {cost.p99:.1f} | {cost.samples} |" for cost in report.costs]
+    if report.end_to_end:
+        lines += ["", "Through a gateway (`tests/benchmarks/dlp_overhead.py`, `direction: both`):", ""]
+        lines += report.end_to_end
     lines += [
         "",
         f"Corpus: {len(POSITIVES)} true values, {len(NEGATIVES)} look-alikes; options `{OPTIONS}`. "
@@ -217,8 +229,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--write", type=Path, help="also write the results into this Markdown file")
     parser.add_argument("--rounds", type=int, default=200, help="timed calls per benchmark text")
     parser.add_argument("--errors", action="store_true", help="list the wrong answers")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also measure a request through a gateway (about 15 s)"
+    )
     args = parser.parse_args(argv)
-    report = measure(args.rounds)
+    report = measure(args.rounds, end_to_end=args.end_to_end)
     table = render(report)
     print(table)
     if args.errors:
