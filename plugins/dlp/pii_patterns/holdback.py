@@ -56,6 +56,7 @@ _END_LINE = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 
 def holdback(text: str, wanted: frozenset[str]) -> int:
+    """Where the end of ``text`` that could still become a value of the ``wanted`` types starts."""
     size = len(text)
     cut = _last_word(text)
     if wanted & NUMBER_TYPES:
@@ -67,7 +68,7 @@ def holdback(text: str, wanted: frozenset[str]) -> int:
     if PHONE_NUMBER in wanted:
         cut = min(cut, _words_tail(text, PHONE_CONTEXT, PHONE_CONTEXT_CHARS + 17))
     if IP_ADDRESS in wanted:
-        version = _VERSION_TAIL.search(text, max(0, len(text) - 40))
+        version = _VERSION_TAIL.search(text, max(0, size - 40))
         if version is not None:
             cut = min(cut, version.start())
     if GENERIC_SECRET in wanted:
@@ -101,10 +102,13 @@ def _words_tail(text: str, words: re.Pattern[str], reach: int) -> int:
 def _assignment_tail(text: str) -> int:
     size = len(text)
     assignment = _OPEN_ASSIGNMENT.search(text, max(0, size - ASSIGNMENT_TAIL_CHARS))
-    if assignment is not None:
+    for _ in range(8):  # the operators of the last few words, the first open one without a key too
+        if assignment is None:
+            break
         start = key_start(text, assignment.start())
         if start is not None:
             return start
+        assignment = _OPEN_ASSIGNMENT.search(text, assignment.start() + 1)
     # A key whose operator has not come yet.
     head = text.rstrip(" \t\"'`\\")
     start = key_start(head + ":", len(head)) if head else None
