@@ -46,7 +46,7 @@ class PiiPatternsOptions(BaseModel):
     phone_regions: list[str] = Field(
         default_factory=lambda: ["US"],
         description="regions whose national formats are read as phone numbers (ISO 3166 codes); "
-        "numbers written with + or 00 and a country code are found whatever the regions",
+        "numbers written with + or 00 and a country code are found whatever the regions ([]: only those)",
     )
     key_min_entropy: float = Field(
         3.0, ge=0, le=8, description="bits per character the random part of a vendor key must reach"

@@ -217,8 +217,10 @@ def _glued(text: str, start: int, end: int) -> bool:
     return False
 
 
-def _classify(text: str, start: int, end: int, regions: tuple[str, ...]) -> Finding | None:
-    """What the number at ``text[start:end]`` is, if anything (no phone number without ``regions``)."""
+def _classify(
+    text: str, start: int, end: int, regions: tuple[str, ...], phones: bool = True
+) -> Finding | None:
+    """What the number at ``text[start:end]`` is, if anything."""
     value = text[start:end]
     groups = _GROUP.findall(value)
     digits = "".join(groups)
@@ -234,7 +236,7 @@ def _classify(text: str, start: int, end: int, regions: tuple[str, ...]) -> Find
         if card_issuer_ok(digits) and luhn_ok(digits):
             return Finding(CREDIT_CARD, start, end)
         return None
-    if regions and _phone_shaped(text, start, value, separators, lengths) and valid_phone(value, regions):
+    if phones and _phone_shaped(text, start, value, separators, lengths) and valid_phone(value, regions):
         return Finding(PHONE_NUMBER, start, end)
     return None
 
@@ -253,7 +255,7 @@ def _classify_parts(text: str, start: int, end: int, value: str) -> Finding | No
         if end - start - part_start < _MIN_CHARS or tries == _MAX_TRIES:
             break
         tries += 1
-        found = _classify(text, start + part_start, end, ())
+        found = _classify(text, start + part_start, end, (), phones=False)
         if found is not None:
             return found
     for last in range(len(spans) - 2, -1, -1):
@@ -263,7 +265,7 @@ def _classify_parts(text: str, start: int, end: int, value: str) -> Finding | No
         if part_end < _MIN_CHARS or tries == _MAX_TRIES:
             break
         tries += 1
-        found = _classify(text, start, start + part_end, ())
+        found = _classify(text, start, start + part_end, (), phones=False)
         if found is not None:
             return found
     return None

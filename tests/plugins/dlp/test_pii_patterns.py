@@ -138,9 +138,11 @@ def test_a_private_key_cut_short_is_reported_to_the_end_of_its_material() -> Non
 def test_national_formats_follow_the_phone_regions() -> None:
     us_only = PiiPatterns(PiiPatternsOptions())
     british = PiiPatterns(PiiPatternsOptions(phone_regions=["gb"]))
-    text = "Call 020 7946 0958 or +1-415-555-0132."
-    assert spans(us_only, text) == [(PHONE_NUMBER, "+1-415-555-0132")]
+    international = PiiPatterns(PiiPatternsOptions(phone_regions=[]))
+    text = "Call 020 7946 0958, (415) 555-0132 or +1-415-555-0132."
+    assert spans(us_only, text) == [(PHONE_NUMBER, "(415) 555-0132"), (PHONE_NUMBER, "+1-415-555-0132")]
     assert spans(british, text) == [(PHONE_NUMBER, "+1-415-555-0132"), (PHONE_NUMBER, "020 7946 0958")]
+    assert spans(international, text) == [(PHONE_NUMBER, "+1-415-555-0132")]
 
 
 # --- stream hold-back -----------------------------------------------------------------------------
