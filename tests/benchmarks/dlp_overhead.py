@@ -1,9 +1,10 @@
 """What DLP adds to a request end to end: the same gateway with and without ``pii_patterns``.
 
-Two Lockgate servers (one worker each) in front of the fast fake upstream, one configured with
-``dlp: {filters: {pii_patterns: {}}, direction: both}``, take the same chat completion with about 4 KB
-of prose holding a few values to redact, at concurrency 1, in alternating rounds. Reported: the p50
-and p99 latency of each and the difference, and the time to the first byte of a streamed answer.
+Three Lockgate servers (one worker each) in front of the fast fake upstream: without DLP, with
+``dlp: {filters: {pii_patterns: {}}}`` (requests filtered, the default) and with ``direction: both``
+(answers too). They take the same chat completion with about 4 KB of prose holding a few values to
+redact, at concurrency 1, in alternating rounds. Reported: the p50 and p99 latency of each and the
+time to the first byte of a streamed answer.
 Only 127.0.0.1 is used; every run is bounded in requests and in seconds.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,46 +80,61 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Overhead:
-    """Latencies in milliseconds at concurrency 1 (p50, p99) without and with DLP."""
+class Figures:
+    """Latencies in milliseconds at concurrency 1 of one gateway."""
 
-    without_p50: float
-    with_p50: float
-    without_p99: float
-    with_p99: float
-    ttfb_without_p50: float
-    ttfb_with_p50: float
+    p50: float
+    p99: float
+    ttfb_p50: float
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The gateway without DLP, with ``pii_patterns`` on requests (the default policy), and on
+    requests and answers (``direction: both``)."""
+
+    without: Figures
+    request: Figures
+    both: Figures
     requests: int
 
     @property
     def added_p50(self) -> float:
-        return self.with_p50 - self.without_p50
+        """What ``pii_patterns`` adds to a 4 KB request with the default policy."""
+        return self.request.p50 - self.without.p50
 
     @property
     def added_ttfb_p50(self) -> float:
-        return self.ttfb_with_p50 - self.ttfb_without_p50
+        """What filtering the answer too adds to a stream's first byte."""
+        return self.both.ttfb_p50 - self.without.ttfb_p50
 
     def lines(self) -> list[str]:
+        def row(name: str, value: Callable[[Figures], float]) -> str:
+            base = value(self.without)
+            cells = [f"{base:.3f} ms"]
+            cells += [f"{value(f):.3f} ms ({value(f) - base:+.3f})" for f in (self.request, self.both)]
+            return f"| {name} | " + " | ".join(cells) + " |"
+
         return [
-            "| | without DLP | with `pii_patterns` | added |",
+            "| concurrency 1, 4 KB request | without DLP | `pii_patterns`, requests | `pii_patterns`, both directions |",
             "| --- | --- | --- | --- |",
-            f"| p50, 4 KB request, concurrency 1 | {self.without_p50:.3f} ms | {self.with_p50:.3f} ms "
-            f"| {self.added_p50:+.3f} ms |",
-            f"| p99 | {self.without_p99:.3f} ms | {self.with_p99:.3f} ms "
-            f"| {self.with_p99 - self.without_p99:+.3f} ms |",
-            f"| stream: time to first byte, p50 | {self.ttfb_without_p50:.3f} ms "
-            f"| {self.ttfb_with_p50:.3f} ms | {self.added_ttfb_p50:+.3f} ms |",
+            row("p50", lambda f: f.p50),
+            row("p99", lambda f: f.p99),
+            row("stream: time to first byte, p50", lambda f: f.ttfb_p50),
         ]
 
 
-def dlp_config(port: int, upstream_port: int) -> dict[str, Any]:
-    config = lockgate_config(port, upstream_port)
-    config["dlp"] = {"filters": {"pii_patterns": {}}, "direction": "both"}
-    return config
+def dlp_config(direction: str) -> Callable[[int, int], dict[str, Any]]:
+    def make(port: int, upstream_port: int) -> dict[str, Any]:
+        config = lockgate_config(port, upstream_port)
+        config["dlp"] = {"filters": {"pii_patterns": {}}, "direction": direction}
+        return config
+
+    return make
 
 
 async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_requests: int = 20_000) -> Overhead:
-    """Run the comparison; the fake upstream and both gateways live as long as the call."""
+    """Run the comparison; the fake upstream and the gateways live as long as the call."""
     with tempfile.TemporaryDirectory(prefix="lockgate-dlp-bench-") as folder:
         workdir = Path(folder)
         upstream_port = free_port()
@@ -129,8 +146,13 @@ async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_request
             None,
         )
         sides: list[Side] = []
+        profiles: list[tuple[str, Callable[[int, int], dict[str, Any]]]] = [
+            ("without", lockgate_config),
+            ("request", dlp_config("request")),
+            ("both", dlp_config("both")),
+        ]
         try:
-            for label, make in (("without", lockgate_config), ("with", dlp_config)):
+            for label, make in profiles:
                 port = free_port()
                 path = write_config(workdir, port, make(port, upstream_port))
                 server = start_server(f"lockgate-{label}", lockgate_command(path), port, workdir, None)
@@ -150,21 +172,25 @@ async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_request
                             max_seconds=seconds,
                         )
                         if result.errors:
-                            raise RuntimeError(f"{side.label} DLP: {result.errors} errors {result.statuses}")
+                            raise RuntimeError(f"{side.label}: {result.errors} errors {result.statuses}")
                         into.merge(result)
         finally:
             for side in sides:
                 side.server.stop()
             upstream.stop()
-    without, with_dlp = sides
-    millis = 1000.0
+
+    def figures(side: Side) -> Figures:
+        return Figures(
+            p50=percentile(side.plain.latencies, 50) * 1000,
+            p99=percentile(side.plain.latencies, 99) * 1000,
+            ttfb_p50=percentile(side.stream.first_bytes, 50) * 1000,
+        )
+
+    without, request, both = sides
     return Overhead(
-        without_p50=percentile(without.plain.latencies, 50) * millis,
-        with_p50=percentile(with_dlp.plain.latencies, 50) * millis,
-        without_p99=percentile(without.plain.latencies, 99) * millis,
-        with_p99=percentile(with_dlp.plain.latencies, 99) * millis,
-        ttfb_without_p50=percentile(without.stream.first_bytes, 50) * millis,
-        ttfb_with_p50=percentile(with_dlp.stream.first_bytes, 50) * millis,
+        without=figures(without),
+        request=figures(request),
+        both=figures(both),
         requests=sum(len(s.plain.latencies) + len(s.stream.latencies) for s in sides),
     )
 

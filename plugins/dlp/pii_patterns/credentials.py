@@ -64,9 +64,11 @@ _KEYS: dict[str, tuple[str, re.Pattern[str], int, int]] = {
     ),
     "eyJ": (JWT, re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), 0, 0),
 }
-#: For each character looked for: how far before it a prefix starts, the prefixes, and their family.
+#: For each string looked for: how far before it a prefix starts, the prefixes, and their family.
+#: (Dashes are common in prose and code; ``sk-`` and ``xox`` are not.)
 _PREFIX_ANCHORS: tuple[tuple[str, tuple[tuple[int, tuple[str, ...], str], ...]], ...] = (
-    ("-", ((2, ("sk-",), "sk-"), (4, ("xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"), "xox"))),
+    ("sk-", ((0, ("sk-",), "sk-"),)),
+    ("xox", ((0, ("xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"), "xox"),)),
     ("_", ((3, ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), "gh"), (6, ("github_pat_",), "github_pat_"))),
     ("A", ((0, ("AIza",), "AIza"), (0, ("AKIA", "ASIA"), "AKIA"))),
     ("J", ((2, ("eyJ",), "eyJ"),)),

@@ -96,7 +96,9 @@ def find_numbers(text: str, wanted: frozenset[str], regions: tuple[str, ...]) ->
                 if iban is not None and ibans:
                     yield iban
                 continue
-        if "." in run.group() and ipv4:
+        if end - start < _MIN_CHARS and (end - start < _MIN_CHARS - 2 or text[start - 1 : start] not in "(+"):
+            continue  # too short for any number, even with a "(" or "+" before it
+        if ipv4 and run.group().count(".") >= 3:
             addresses = list(find_ipv4(text, start, end))
             if addresses:
                 yield from addresses
@@ -109,6 +111,9 @@ def find_numbers(text: str, wanted: frozenset[str], regions: tuple[str, ...]) ->
             start -= 1
         if end - start < _MIN_CHARS or _glued(text, start, end):
             continue
+        date = _DATE.match(text, start, end)
+        if date is not None and date.end() == end:
+            continue  # a date as a whole (2026-03-15) is no number of any type
         found = _classify(text, start, end, regions)
         if found is None:
             found = _classify_parts(text, start, end, text[start:end])
