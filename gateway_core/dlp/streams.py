@@ -249,11 +249,15 @@ class DlpStream(ChatStream):
         items = self.inner.__aiter__()
         framer = SSEFramer()
         out: list[bytes] = []  # the events of one read, as they go out
+        first = True  # the stream's first event goes out alone: its time to first byte is the client's
         try:
             try:
                 async for data in items:
                     for event in framer.feed(data):
                         out.append(await event_of(event))
+                        if first and out[-1]:
+                            first = False
+                            yield out.pop()
                     if out:
                         yield b"".join(out)
                         out = []

@@ -37,12 +37,16 @@ from tests.benchmarks.run import (
     write_config,
 )
 
-#: Ordinary prose, about 4 KB once repeated, with values every filter type of a busy chat would meet.
+#: Ordinary prose (a status mail), about 4 KB once repeated, with a date and a version in it...
 _PROSE = (
-    "Thanks for the update on the quarterly planning. The team reviewed the roadmap on Tuesday and "
-    "agreed to move the migration to the second half, after the release of version 4.2.1 on 2026-03-15. "
-    "Order 88213-A shipped yesterday; the invoice INV-2026-0042 is attached for your records. "
+    "Thanks for the update on the quarterly planning. The team reviewed the roadmap on Tuesday and agreed "
+    "to move the database migration to the second half, after the 4.2 release on 2026-03-15, so that the "
+    "support engineers have time to rehearse the rollback. Everyone agreed that the timeline is tight but "
+    "achievable, provided the infrastructure team finishes the network changes by the end of the month. "
+    "The staging cluster will be unavailable on Friday while it is upgraded, so please plan any testing "
+    "around that window, and send questions to the release channel rather than to individuals. "
 )
+#: ...and the values a busy chat meets: an e-mail address, a phone number, a card, a cloud key.
 _VALUES = (
     "Please reach Dana at dana.lee@example.com or +1 415 555 0132 about the renewal. "
     "The test card 4111 1111 1111 1111 must not be stored, nor the key AKIAIOSFODNN7EXAMPLE. "
