@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from gateway_core.errors import GatewayError, upstream_error
-from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall
+from gateway_core.providers import ChatStream, CompletedResponse, ProviderCall, WrappedStream
 from gateway_core.resilience import HEALTH_FAILURES, Failure, GroupPolicy, classify, retry_hint
 from gateway_core.routing import Deployment, ModelGroup
-from gateway_core.types import RequestContext, Usage
+from gateway_core.types import RequestContext
 
 log = logging.getLogger("lockgate.attempts")
 
@@ -36,35 +36,17 @@ _rng = random.Random()  # noqa: S311 - jitter, not secrets
 HINT_MARGIN = 0.01
 
 
-class PrimedStream(ChatStream):
+class PrimedStream(WrappedStream):
     """A stream whose first item was awaited before the answer started, so a stream that fails before
     sending anything can be retried elsewhere. Iterated the one way it was primed."""
 
     def __init__(
         self, inner: ChatStream, mode: StreamMode, first: Any, rest: AsyncIterator[Any] | None
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.mode = mode
         self._first = first
         self._rest = rest
-        self.headers = inner.headers
-        self.dialect = inner.dialect
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self.inner.usage = value
-
-    @property
-    def error(self) -> GatewayError | None:
-        return self.inner.error
-
-    @error.setter
-    def error(self, value: GatewayError | None) -> None:
-        self.inner.error = value
 
     async def _replay(self) -> AsyncIterator[Any]:
         if self._rest is None:
@@ -82,9 +64,6 @@ class PrimedStream(ChatStream):
         if self.mode != "chunks":
             raise RuntimeError("this stream was primed as bytes")
         return self._replay()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 async def prime(stream: ChatStream, mode: StreamMode) -> PrimedStream:

@@ -99,6 +99,35 @@ class ChatStream:
                     yield chunk
 
 
+class WrappedStream(ChatStream):
+    """A stream relaying another one (``inner``) with something changed on the way: its usage, error,
+    headers and dialect are the inner stream's, and closing it closes the inner one."""
+
+    def __init__(self, inner: ChatStream) -> None:
+        self.inner = inner
+        self.headers = inner.headers
+        self.dialect = inner.dialect
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self.inner.usage = value
+
+    @property
+    def error(self) -> GatewayError | None:
+        return self.inner.error
+
+    @error.setter
+    def error(self, value: GatewayError | None) -> None:
+        self.inner.error = value
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def deployment_redactor(
     deployment: DeploymentConfig,
     proxies: ProxyPool | None,

@@ -30,7 +30,7 @@ import orjson
 
 from gateway_core.errors import GatewayError
 from gateway_core.pricing import estimate_prompt_tokens
-from gateway_core.providers import ChatStream
+from gateway_core.providers import ChatStream, WrappedStream
 from gateway_core.sse import SSEFramer
 from gateway_core.types import RequestContext, Usage
 
@@ -49,15 +49,13 @@ def cap_stream(ctx: RequestContext, stream: ChatStream) -> ChatStream:
     return CappedStream(ctx, stream, ctx.output_cap)
 
 
-class CappedStream(ChatStream):
+class CappedStream(WrappedStream):
     """A stream relayed up to ``cap`` output tokens; see the module's description."""
 
     def __init__(self, ctx: RequestContext, inner: ChatStream, cap: int) -> None:
+        super().__init__(inner)
         self.ctx = ctx
-        self.inner = inner
         self.cap = cap
-        self.headers = inner.headers
-        self.dialect = inner.dialect
         #: Output tokens relayed so far.
         self.relayed = 0
         #: Whether the stream was ended at the cap.
@@ -79,9 +77,6 @@ class CappedStream(ChatStream):
     @error.setter
     def error(self, value: GatewayError | None) -> None:
         self.inner.error = value
-
-    def close(self) -> None:
-        self.inner.close()
 
     # --- counting ---------------------------------------------------------------------------------
 

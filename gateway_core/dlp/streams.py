@@ -27,9 +27,8 @@ import orjson
 from gateway_core.dialects.anthropic import encode_error as anthropic_error_body
 from gateway_core.dlp.actions import Blocked
 from gateway_core.errors import GatewayError
-from gateway_core.providers import ChatStream
+from gateway_core.providers import ChatStream, WrappedStream
 from gateway_core.sse import SSEFramer, error_event
-from gateway_core.types import Usage
 
 if TYPE_CHECKING:
     from gateway_core.dlp.engine import DlpSession
@@ -56,42 +55,20 @@ class Channel:
         self.json = json
 
 
-class DlpStream(ChatStream):
+class DlpStream(WrappedStream):
     """``inner`` with its texts filtered and its pseudonyms restored; see the module's description."""
 
     def __init__(self, session: DlpSession, inner: ChatStream) -> None:
+        super().__init__(inner)
         self.session = session
-        self.inner = inner
-        self.headers = inner.headers
-        self.dialect = inner.dialect
         policy = session.policy
         #: Whether events may be rewritten (False: log only, bytes pass unchanged).
         self.rewrite = bool(session.pseudonyms) or (policy.response and policy.rewrites)
         self.max_hold = session.dlp.max_hold
         self._channels: dict[tuple[Any, ...], Channel] = {}
-        self._error: GatewayError | None = None
         self._head: dict[str, Any] = {}
         #: The delta type of each Anthropic content block, by index.
         self._kinds: dict[Any, str] = {}
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.inner.usage
-
-    @usage.setter
-    def usage(self, value: Usage | None) -> None:
-        self.inner.usage = value
-
-    @property
-    def error(self) -> GatewayError | None:
-        return self._error or self.inner.error
-
-    @error.setter
-    def error(self, value: GatewayError | None) -> None:
-        self.inner.error = value
-
-    def close(self) -> None:
-        self.inner.close()
 
     # --- the text of one channel ------------------------------------------------------------------
 
@@ -152,13 +129,13 @@ class DlpStream(ChatStream):
                 try:
                     await self._chunk(chunk)
                 except _Stop as stop:
-                    self._error = stop.error
+                    self.error = stop.error
                     return
                 yield chunk
             try:
                 rest = await self._rest_chunk()
             except _Stop as stop:
-                self._error = stop.error
+                self.error = stop.error
                 return
             if rest is not None:
                 yield rest
@@ -270,7 +247,7 @@ class DlpStream(ChatStream):
                 if tail:
                     yield tail
             except _Stop as stop:
-                self._error = stop.error
+                self.error = stop.error
                 sent = b"".join(out)  # the events of the read before the one holding the value
                 if anthropic:
                     yield sent + b"event: error\ndata: " + anthropic_error_body(stop.error) + b"\n\n"

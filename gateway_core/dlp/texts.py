@@ -89,13 +89,7 @@ def openai_chat_request(body: dict[str, Any]) -> Texts:
                         texts.add(part, key)
         if isinstance(message.get("refusal"), str):
             texts.add(message, "refusal")
-        for call in _dicts(message.get("tool_calls")):
-            function = call.get("function")
-            if isinstance(function, dict) and "arguments" in function:
-                texts.add_json(function, "arguments")
-        function_call = message.get("function_call")
-        if isinstance(function_call, dict) and "arguments" in function_call:
-            texts.add_json(function_call, "arguments")
+        _tool_call_arguments(texts, message)
     prediction = body.get("prediction")
     if isinstance(prediction, dict):
         content = prediction.get("content")
@@ -113,6 +107,17 @@ def openai_chat_request(body: dict[str, Any]) -> Texts:
             if isinstance(value, str):
                 texts.add(metadata, key)
     return texts
+
+
+def _tool_call_arguments(texts: Texts, message: dict[str, Any]) -> None:
+    """The arguments of an OpenAI message's tool calls (and of the legacy ``function_call``)."""
+    for call in _dicts(message.get("tool_calls")):
+        function = call.get("function")
+        if isinstance(function, dict) and "arguments" in function:
+            texts.add_json(function, "arguments")
+    function_call = message.get("function_call")
+    if isinstance(function_call, dict) and "arguments" in function_call:
+        texts.add_json(function_call, "arguments")
 
 
 def openai_embeddings_request(body: dict[str, Any]) -> Texts:
@@ -211,13 +216,7 @@ def openai_chat_response(body: dict[str, Any]) -> Texts:
         for key in ("content", "refusal", "reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 texts.add(message, key)
-        for call in _dicts(message.get("tool_calls")):
-            function = call.get("function")
-            if isinstance(function, dict) and "arguments" in function:
-                texts.add_json(function, "arguments")
-        function_call = message.get("function_call")
-        if isinstance(function_call, dict) and "arguments" in function_call:
-            texts.add_json(function_call, "arguments")
+        _tool_call_arguments(texts, message)
     return texts
 
 
