@@ -153,7 +153,9 @@ class Dlp:
             try:
                 await dlp_filter.start()
             except ConfigError as exc:
-                raise ConfigError(f"{self.source}: dlp.filters.{name}: {exc}") from None
+                where = f"dlp.filters.{name}"
+                message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+                raise ConfigError(f"{self.source}: {message}") from None
         known = self.entity_types()
         layers: list[tuple[str, DlpOverride]] = [("dlp", self._base)]
         layers += [(f"dlp.models.{name}", o) for name, o in self.config.models.items()]

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, cast
 
-from gateway_core import DlpFilter, Finding, Gateway, Principal, RequestContext
+from gateway_core import ConfigError, DlpFilter, Finding, Gateway, Principal, RequestContext
 from gateway_core.dlp.engine import Dlp, DlpSession
 from gateway_core.dlp.policy import DlpConfig
 from gateway_core.registry import Registry
@@ -62,9 +62,19 @@ class Slow(DlpFilter):
         return []
 
 
+class NeedsModel(DlpFilter):
+    """Cannot start: its model is not installed."""
+
+    name = "needs_model"
+    entity_types = frozenset({"PERSON"})
+
+    async def start(self) -> None:
+        raise ConfigError("the model 'people-v1' is not installed: pip install people-v1")
+
+
 def registry() -> Registry[type[DlpFilter]]:
     table: Registry[type[DlpFilter]] = Registry("DLP filter")
-    for cls in (Emails, Broken, Slow):
+    for cls in (Emails, Broken, Slow, NeedsModel):
         table.register(cls.name, cls)
     return table
 

@@ -30,6 +30,10 @@ VALUE = "alice@example.com"
         ({"models": {"gpt": {"entities": {"PERSON": "block"}}}}, "dlp.models.gpt.entities"),
         ({"entities": {"EMAIL_ADDRESS": "hash"}}, "the hash action needs a key"),
         ({"organizations": {"acme": {"filters": ["presidio"]}}}, "filters not configured"),
+        (
+            {"filters": {"needs_model": {}}},
+            r"^<test>: dlp.filters.needs_model: the model 'people-v1' is not installed: pip install people-v1$",
+        ),
     ],
 )
 async def test_mistakes_stop_start_up(section: dict[str, Any], message: str) -> None:
