@@ -17,6 +17,13 @@ from hypothesis import settings
 
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
 from tests import hypothesis_profiles
+from tests.dlp_end_to_end import (  # noqa: F401 (the fixtures of the DLP tests)
+    dlp_failing_gateway,
+    dlp_gateway,
+    dlp_recorder,
+    dlp_test,
+    dlp_upstreams,
+)
 from tests.fakes import FakeOpenAI
 from tests.one_call import one_call
 from tests.services import DEFAULTS, not_set
