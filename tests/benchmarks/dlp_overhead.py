@@ -53,19 +53,20 @@ _VALUES = (
 )
 
 
-def four_kb_text() -> str:
-    text = _VALUES
+def four_kb_text(*, values: bool = True) -> str:
+    """4 KB of the prose, starting with the values (the body is then rewritten) or without them."""
+    text = _VALUES if values else ""
     while len(text) < 4096:
         text += _PROSE
     return text[:4096]
 
 
-def chat_request(port: int, *, stream: bool) -> bytes:
+def chat_request(port: int, *, stream: bool, values: bool = True) -> bytes:
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": four_kb_text()},
+            {"role": "user", "content": four_kb_text(values=values)},
         ],
     }
     if stream:
@@ -81,6 +82,8 @@ class Side:
     server: Server
     plain: LoadResult = field(default_factory=lambda: LoadResult(1))
     stream: LoadResult = field(default_factory=lambda: LoadResult(1))
+    #: The same request with nothing for the filter to find (scanned, forwarded as it came).
+    clean: LoadResult = field(default_factory=lambda: LoadResult(1))
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Figures:
     p50: float
     p99: float
     ttfb_p50: float
+    clean_p50: float
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class Overhead:
         return self.request.p50 - self.without.p50
 
     @property
+    def added_clean_p50(self) -> float:
+        """What scanning a 4 KB request that holds nothing to change adds."""
+        return self.request.clean_p50 - self.without.clean_p50
+
+    @property
     def added_ttfb_p50(self) -> float:
         """What filtering the answer too adds to a stream's first byte."""
         return self.both.ttfb_p50 - self.without.ttfb_p50
@@ -124,6 +133,7 @@ class Overhead:
             "| --- | --- | --- | --- |",
             row("p50", lambda f: f.p50),
             row("p99", lambda f: f.p99),
+            row("p50, nothing to find (the request is only scanned)", lambda f: f.clean_p50),
             row("stream: time to first byte, p50", lambda f: f.ttfb_p50),
         ]
 
@@ -166,11 +176,15 @@ async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_request
             for _ in range(rounds):
                 for side in sides:
                     port = side.server.port
-                    for stream, into in ((False, side.plain), (True, side.stream)):
+                    for stream, values, into in (
+                        (False, True, side.plain),
+                        (True, True, side.stream),
+                        (False, False, side.clean),
+                    ):
                         result = await run_load(
                             HOST,
                             port,
-                            chat_request(port, stream=stream),
+                            chat_request(port, stream=stream, values=values),
                             concurrency=1,
                             max_requests=max_requests,
                             max_seconds=seconds,
@@ -188,6 +202,7 @@ async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_request
             p50=percentile(side.plain.latencies, 50) * 1000,
             p99=percentile(side.plain.latencies, 99) * 1000,
             ttfb_p50=percentile(side.stream.first_bytes, 50) * 1000,
+            clean_p50=percentile(side.clean.latencies, 50) * 1000,
         )
 
     without, request, both = sides
@@ -195,7 +210,9 @@ async def measure_overhead(*, rounds: int = 5, seconds: float = 2.0, max_request
         without=figures(without),
         request=figures(request),
         both=figures(both),
-        requests=sum(len(s.plain.latencies) + len(s.stream.latencies) for s in sides),
+        requests=sum(
+            len(s.plain.latencies) + len(s.stream.latencies) + len(s.clean.latencies) for s in sides
+        ),
     )
 
 
