@@ -158,6 +158,8 @@ class Gateway:
             # Deployments may have changed while the database or Redis was out of reach.
             self.database.on_recover(self.reload_models)
             self.events.on_reconnect(self.reload_models)
+        #: Whether each model request writes an access line (``logging.access``).
+        self.access_log = config.logging.access
         #: Per-gateway state of plugins, keyed by plugin name.
         self.plugin_state: dict[str, Any] = {}
         self.ready = False

@@ -31,25 +31,43 @@ class RedactingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger and message; the fields of an access line
+    (``extra={"fields": {...}}``) at the top level; the traceback of an error, masked like the message."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname,
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        ).decode()
+        line: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["traceback"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, then an access line's fields as ``name=value``; tracebacks
+    masked like the message."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            text += "".join(f" {name}={value}" for name, value in fields.items() if value is not None)
+        return redact(text) if record.exc_info else text
 
 
 def configure_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(
-        JsonFormatter()
-        if config.json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if config.json_lines else TextFormatter())
     for name in ("lockgate", "hypercorn.error", "hypercorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -18,6 +18,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from gateway_core.access_log import log_access
 from gateway_core.attempts import Attempts, StreamMode, release_attempt
 from gateway_core.dlp.engine import DlpSession
 from gateway_core.dlp.texts import REQUEST_TEXTS
@@ -216,6 +217,8 @@ def _finish(
             gateway.spawn(deployment.settle(ctx))
     if gateway.usage_log is not None:
         gateway.usage_log.record(ctx)
+    if gateway.access_log:
+        log_access(ctx)
     if settle and gateway.plugins.has_settle:
         gateway.start_settle(ctx)
 

@@ -55,7 +55,10 @@ class HttpConfig(Strict):
 
 class LoggingConfig(Strict):
     level: str = "INFO"
-    json_lines: bool = Field(False, alias="json")
+    json_lines: bool = Field(False, alias="json", description="JSON lines instead of text")
+    access: bool = Field(
+        False, description="one line per model request (logger lockgate.access): who, what, outcome, timing"
+    )
 
 
 SQLITE_SCHEMES = ("sqlite",)
