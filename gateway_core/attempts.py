@@ -326,6 +326,7 @@ class Attempts:
         health.begin(deployment)
         started = time.perf_counter()
         remaining = self.remaining()
+        span = ctx.trace.attempt(ctx, deployment) if ctx.trace is not None else None
         try:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError
@@ -336,8 +337,12 @@ class Attempts:
         except TimeoutError:
             error = deadline_error(self.deadline_seconds or 0)
             release_attempt(ctx)
+            if span is not None:
+                span.end(error)
             return None, error
         except GatewayError as exc:
+            if span is not None:
+                span.end(exc)
             failure = classify(exc)
             if failure in HEALTH_FAILURES:
                 health.failure(deployment, str(failure), retry_hint(exc, failure))
@@ -352,8 +357,12 @@ class Attempts:
                 )
             release_attempt(ctx)
             return None, exc
-        except BaseException:
+        except BaseException as exc:
             release_attempt(ctx)
+            if span is not None:
+                span.end(exc if isinstance(exc, Exception) else None)
             raise
+        if span is not None:
+            span.end()
         health.success(deployment, time.perf_counter() - started)
         return answer, None

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from gateway_core.store.database import Database
     from gateway_core.store.kv import SharedRedis
     from gateway_core.store.secrets import SecretBox
+    from gateway_core.tracing import Tracing
     from gateway_core.usage.log import UsageLog
 
 log = logging.getLogger("lockgate")
@@ -158,6 +159,13 @@ class Gateway:
             # Deployments may have changed while the database or Redis was out of reach.
             self.database.on_recover(self.reload_models)
             self.events.on_reconnect(self.reload_models)
+        #: Spans of requests and upstream calls (None unless ``tracing.enabled``).
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            from gateway_core.tracing import Tracing
+
+            self.tracing = Tracing(config.tracing)
+            self.http.propagate = self.record_http.propagate = True
         #: Whether each model request writes an access line (``logging.access``).
         self.access_log = config.logging.access
         #: Per-gateway state of plugins, keyed by plugin name.
@@ -241,6 +249,8 @@ class Gateway:
             await self.counters.stop()
             if self.dlp is not None:
                 await self.dlp.stop()
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)  # exports what is left
         finally:
             await self._close_resources()
 

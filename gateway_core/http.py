@@ -44,6 +44,8 @@ class HttpClient:
         self.shared: dict[str, Any] = shared if shared is not None else {}
         #: Secrets of the configuration every deployment keeps out of its error messages.
         self.secrets = frozenset(secrets)
+        #: Send the current span's ``traceparent`` upstream (set when tracing is on).
+        self.propagate = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -184,6 +186,10 @@ async def post(
     Transport failures and error answers become the client's :class:`GatewayError`. The caller owns
     the returned response and must read, release or close it.
     """
+    if http.propagate:
+        from gateway_core.tracing import propagate
+
+        headers = propagate(headers)
     try:
         response = await http.session.post(url, data=payload, headers=headers, timeout=timeouts, proxy=proxy)
     except (TimeoutError, aiohttp.ClientError) as exc:

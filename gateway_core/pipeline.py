@@ -219,6 +219,8 @@ def _finish(
         gateway.usage_log.record(ctx)
     if gateway.access_log:
         log_access(ctx)
+    if ctx.trace is not None:
+        ctx.trace.finish(ctx)
     if settle and gateway.plugins.has_settle:
         gateway.start_settle(ctx)
 
@@ -271,6 +273,8 @@ class ModelEndpoint:
         headers = Headers(scope=scope)
         wire = self.wire
         ctx = RequestContext(gateway, request_id, self.endpoint, wire.name, headers)
+        if gateway.tracing is not None:
+            ctx.trace = gateway.tracing.request(ctx)
         watch: DisconnectWatch | None = None
         settle = False
         body_read = False
@@ -355,6 +359,9 @@ class ModelEndpoint:
                 watch.stop()
             if ctx.finished is None and settle:  # ended by a cancel that something swallowed
                 _finish(ctx, CLIENT_CLOSED, None, ctx.usage, settle)
+            if ctx.trace is not None and ctx.finished is None:  # the client left before anything
+                ctx.status = ctx.status or CLIENT_CLOSED
+                ctx.trace.finish(ctx)
 
     async def _drain(self, receive: Receive, headers: Headers) -> bool:
         """Before an early answer, drop the unread body (up to a bound) so the client reads the answer."""

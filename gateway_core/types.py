@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from gateway_core.gateway import Gateway
     from gateway_core.routing import Deployment, ModelGroup
+    from gateway_core.tracing import RequestTrace
 
 Endpoint = Literal["chat", "embeddings", "count_tokens"]
 Dialect = Literal["openai", "anthropic"]
@@ -109,5 +110,7 @@ class RequestContext:
     #: What the DLP filters found: counts by (entity type, direction, action), the values never kept.
     #: None when no filter ran. A filter that failed under ``on_error: allow`` counts as type ``error``.
     dlp_findings: dict[tuple[str, str, str], int] | None = None
+    #: The request's spans when tracing is on (:class:`gateway_core.tracing.RequestTrace`), else None.
+    trace: RequestTrace | None = None
     #: Free space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)

@@ -58,6 +58,7 @@ from gateway_core.config.services import (
     RedisConfig,
     SecretsConfig,
     ServerConfig,
+    TracingConfig,
     UsageConfig,
     redact_url,
 )
@@ -86,6 +87,7 @@ class GatewayConfig(Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     dlp: DlpConfig | None = Field(
         None, description="data-loss prevention: filters and policies (docs/dlp.md)"
     )
@@ -242,6 +244,7 @@ __all__ = [
     "ServerConfig",
     "Strict",
     "TimeoutConfig",
+    "TracingConfig",
     "UsageConfig",
     "format_validation_error",
     "load_config",

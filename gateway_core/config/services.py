@@ -61,6 +61,23 @@ class LoggingConfig(Strict):
     )
 
 
+class TracingConfig(Strict):
+    """OpenTelemetry traces, exported over OTLP/HTTP (docs/observability.md)."""
+
+    enabled: bool = Field(False, description="off: the request path makes no span at all")
+    endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", description="the OTLP/HTTP traces endpoint of a collector"
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="headers sent with each export (an API key of the backend)"
+    )
+    service_name: str = Field("lockgate", min_length=1, description="the service.name resource attribute")
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of traces started here that are kept (a client's decision wins)"
+    )
+    export_timeout: float = Field(10.0, gt=0, description="seconds one export may take")
+
+
 SQLITE_SCHEMES = ("sqlite",)
 POSTGRES_SCHEMES = ("postgres", "postgresql", "asyncpg")
 
