@@ -89,7 +89,7 @@ def test_a_request_has_a_server_span_and_its_attempt_a_client_child(
     assert attempt.parent is not None and attempt.parent.span_id == server_span.context.span_id
     assert dict(attempt.attributes or {})["server.address"] == "127.0.0.1"
     # The upstream was told which attempt called it.
-    version, trace_id, parent_id, flags = fake.requests[-1].headers["traceparent"].split("-")
+    _version, trace_id, parent_id, flags = fake.requests[-1].headers["traceparent"].split("-")
     assert (trace_id, parent_id) == (f"{attempt.context.trace_id:032x}", f"{attempt.context.span_id:016x}")
     assert int(flags, 16) & 1  # sampled
     assert "hello" not in str(attributes)  # never the prompt
