@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway_core.testing import DEFAULT_TEST_KEY, GatewayServer
 from gateway_core.tracing import Tracing
 from tests.fakes import FakeOpenAI
+from tests.fakes.otlp_collector import FakeCollector
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_PARENT = "b7ad6b7169203331"
@@ -128,3 +129,19 @@ def test_tracing_off_makes_no_span_and_sends_no_traceparent(fake: FakeOpenAI) ->
         assert server.gateway.tracing is None
         ask(server)
     assert "traceparent" not in fake.requests[-1].headers
+
+
+def test_spans_reach_a_collector_over_otlp_http() -> None:
+    with FakeCollector() as collector:
+        config = {
+            "tracing": {"enabled": True, "endpoint": collector.endpoint, "service_name": "lockgate-test"},
+            "models": {"mock-echo": {"deployments": [{"provider": "mock"}]}},
+        }
+        with GatewayServer(config) as server:
+            with openai.OpenAI(base_url=server.base_url, api_key=DEFAULT_TEST_KEY, max_retries=0) as client:
+                client.chat.completions.create(
+                    model="mock-echo", messages=[{"role": "user", "content": "hi"}]
+                )
+        # Stopping the gateway exported what was left.
+        names = sorted(span.name for span in collector.spans())
+    assert names == ["chat mock-echo", "chat mock-echo"]  # the request and its attempt
