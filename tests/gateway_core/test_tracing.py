@@ -65,6 +65,10 @@ def spans(traced: tuple[GatewayServer, InMemorySpanExporter]) -> list[ReadableSp
     return found
 
 
+def sdk(server: GatewayServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=DEFAULT_TEST_KEY, max_retries=0)
+
+
 def ask(server: GatewayServer, **headers: str) -> None:
     with openai.OpenAI(
         base_url=server.base_url, api_key=DEFAULT_TEST_KEY, max_retries=0, default_headers=headers
@@ -137,11 +141,8 @@ def test_spans_reach_a_collector_over_otlp_http() -> None:
             "tracing": {"enabled": True, "endpoint": collector.endpoint, "service_name": "lockgate-test"},
             "models": {"mock-echo": {"deployments": [{"provider": "mock"}]}},
         }
-        with GatewayServer(config) as server:
-            with openai.OpenAI(base_url=server.base_url, api_key=DEFAULT_TEST_KEY, max_retries=0) as client:
-                client.chat.completions.create(
-                    model="mock-echo", messages=[{"role": "user", "content": "hi"}]
-                )
+        with GatewayServer(config) as server, sdk(server) as client:
+            client.chat.completions.create(model="mock-echo", messages=[{"role": "user", "content": "hi"}])
         # Stopping the gateway exported what was left.
         names = sorted(span.name for span in collector.spans())
     assert names == ["chat mock-echo", "chat mock-echo"]  # the request and its attempt
