@@ -84,6 +84,8 @@ def create_app(
         Route("/health", meta.health, methods=["GET"]),
         Route("/ready", meta.ready, methods=["GET"]),
         Route("/-/plugins", meta.plugins, methods=["GET"]),
+        # Not a model endpoint: scrapes are not counted in the request metrics.
+        Route("/metrics", meta.metrics, methods=["GET"]),
     ]
     taken = {route.path for route in routes}
     for extra in gateway.extra_routes:

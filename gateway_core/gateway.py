@@ -24,6 +24,7 @@ from gateway_core.events import DEPLOYMENTS_CHANNEL, Events
 from gateway_core.health import HealthTracker
 from gateway_core.http import HttpClient
 from gateway_core.limits import Counters
+from gateway_core.metrics import Metrics
 from gateway_core.plugins import PluginHost
 from gateway_core.pricing import PriceTable
 from gateway_core.providers import Provider
@@ -168,6 +169,8 @@ class Gateway:
             self.http.propagate = self.record_http.propagate = True
         #: Whether each model request writes an access line (``logging.access``).
         self.access_log = config.logging.access
+        #: Prometheus metrics: the request metrics, and where plugins add theirs (``GET /metrics``).
+        self.metrics = Metrics(config.metrics)
         #: Per-gateway state of plugins, keyed by plugin name.
         self.plugin_state: dict[str, Any] = {}
         self.ready = False
@@ -252,6 +255,7 @@ class Gateway:
             if self.tracing is not None:
                 await asyncio.to_thread(self.tracing.shutdown)  # exports what is left
         finally:
+            self.metrics.stop()
             await self._close_resources()
 
     async def _close_resources(self) -> None:

@@ -194,7 +194,7 @@ _ATTEMPTS = [str(number).encode() for number in range(10)]
 def _finish(
     ctx: RequestContext, status: int, error: GatewayError | None, usage: Usage | None, settle: bool
 ) -> None:
-    """Record the outcome once: free the deployment, price the usage, log it, settle policies."""
+    """Record the outcome once: free the deployment, price the usage, log it, settle policies, count it."""
     if ctx.finished is not None:
         return
     ctx.finished = time.perf_counter()
@@ -223,6 +223,8 @@ def _finish(
         ctx.trace.finish(ctx)
     if settle and gateway.plugins.has_settle:
         gateway.start_settle(ctx)
+    if gateway.metrics.enabled:
+        gateway.metrics.record(ctx)
 
 
 async def _chat(deployment: Deployment, call: ProviderCall) -> CompletedResponse | ChatStream:
@@ -261,6 +263,7 @@ class ModelEndpoint:
         self.limit = server.max_body_bytes
         self.pace = BodyPace.of(server)
         self.max_depth = server.max_json_depth
+        self.in_flight = gateway.metrics.in_flight if gateway.metrics.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request id middleware leaves these responses to the endpoint, which adds the header itself.
@@ -278,6 +281,9 @@ class ModelEndpoint:
         watch: DisconnectWatch | None = None
         settle = False
         body_read = False
+        in_flight = self.in_flight
+        if in_flight is not None:
+            in_flight.inc()
         try:
             await gateway.authenticate(ctx, credential_from(headers))
             raw = await read_body(receive, headers, self.limit, self.pace)
@@ -362,6 +368,8 @@ class ModelEndpoint:
             if ctx.trace is not None and ctx.finished is None:  # the client left before anything
                 ctx.status = ctx.status or CLIENT_CLOSED
                 ctx.trace.finish(ctx)
+            if in_flight is not None:
+                in_flight.dec()
 
     async def _drain(self, receive: Receive, headers: Headers) -> bool:
         """Before an early answer, drop the unread body (up to a bound) so the client reads the answer."""

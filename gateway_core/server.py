@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from typing import Any
 
 from gateway_core.config import GatewayConfig, load_config
 from gateway_core.logs import configure_logging
+from gateway_core.metrics import MULTIPROC_ENV
 from gateway_core.slow_clients import GatewayHypercornConfig, install_header_deadlines
 
 CONFIG_ENV = "LOCKGATE_CONFIG"
@@ -72,7 +76,18 @@ def serve(config: GatewayConfig, path: str) -> None:
         # mid-request. The main process stops them gracefully (hypercorn sets its own handler after
         # starting them, as it does for SIGINT).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        run(hc)
+        # The workers (spawned: they import prometheus-client afresh) write their metrics to files in
+        # a folder of this server start; GET /metrics adds them up (gateway_core.metrics).
+        metrics_dir = tempfile.mkdtemp(prefix="lockgate-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            run(hc)
+            # hypercorn returns once one worker has exited: the others may still be finishing their
+            # requests and flushes, and still writing their metrics.
+            for worker in multiprocessing.active_children():
+                worker.join(config.server.graceful_timeout + 10)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
 
     from hypercorn.asyncio import serve as hypercorn_serve

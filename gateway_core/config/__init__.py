@@ -54,6 +54,7 @@ from gateway_core.config.services import (
     HealthConfig,
     HttpConfig,
     LoggingConfig,
+    MetricsConfig,
     OutlierConfig,
     RedisConfig,
     SecretsConfig,
@@ -88,6 +89,7 @@ class GatewayConfig(Strict):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     dlp: DlpConfig | None = Field(
         None, description="data-loss prevention: filters and policies (docs/dlp.md)"
     )
@@ -230,6 +232,7 @@ __all__ = [
     "HealthConfig",
     "HttpConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelGroupConfig",
     "OutlierConfig",
     "PriceConfig",

@@ -1,10 +1,11 @@
-"""The gateway's own sections: server, upstream pool, logging, database, secrets, Redis, admin, usage, health."""
+"""The gateway's own sections: server, upstream pool, logging, database, secrets, Redis, admin, usage,
+health and metrics."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -323,3 +324,26 @@ class HealthConfig(Strict):
         gt=0,
         description="longest cool-down a Retry-After (of a 429, a 529 or a 503) can impose on a deployment",
     )
+
+
+class MetricsConfig(Strict):
+    """``GET /metrics``: Prometheus metrics of every worker (docs/observability.md)."""
+
+    enabled: bool = Field(True, description="serve `GET /metrics` and record the request metrics")
+    auth: Literal["none", "bearer"] = Field(
+        "none",
+        description="`none`: anyone who reaches the port may scrape; `bearer`: scrapes must send "
+        "`Authorization: Bearer <token>`",
+    )
+    token: SecretStr | None = Field(
+        None, description="the scrapers' token with `auth: bearer` (e.g. `${ENV}`)"
+    )
+    owner: Literal["key", "organization"] = Field(
+        "key", description="what the `owner` label holds: the API key's name, or its organization's id"
+    )
+
+    @model_validator(mode="after")
+    def _token_with_bearer(self) -> MetricsConfig:
+        if self.auth == "bearer" and (self.token is None or not self.token.get_secret_value()):
+            raise ValueError("auth: bearer needs a token (e.g. token: ${LOCKGATE_METRICS_TOKEN})")
+        return self
