@@ -155,6 +155,7 @@ class Attempts:
         "endpoint_call",
         "health",
         "make_call",
+        "metrics",
         "stream_mode",
     )
 
@@ -171,6 +172,8 @@ class Attempts:
         self.endpoint_call = endpoint_call
         self.stream_mode = stream_mode
         self.health = ctx.gateway.health
+        metrics = ctx.gateway.metrics
+        self.metrics = metrics if metrics.enabled else None
         self.deadline_seconds = policy.deadline
         self.deadline_at = ctx.started + policy.deadline if policy.deadline is not None else None
 
@@ -337,6 +340,8 @@ class Attempts:
         except TimeoutError:
             error = deadline_error(self.deadline_seconds or 0)
             release_attempt(ctx)
+            if self.metrics is not None:
+                self.metrics.attempt(group.name, deployment, "timeout", time.perf_counter() - started)
             if span is not None:
                 span.end(error)
             return None, error
@@ -346,6 +351,9 @@ class Attempts:
             failure = classify(exc)
             if failure in HEALTH_FAILURES:
                 health.failure(deployment, str(failure), retry_hint(exc, failure))
+            if self.metrics is not None:
+                outcome = "client_error" if failure is None else str(failure)
+                self.metrics.attempt(group.name, deployment, outcome, time.perf_counter() - started)
             if failure is not None:
                 log.info(
                     "request %s: deployment %s failed (%s, %s); attempt %d",
@@ -364,5 +372,8 @@ class Attempts:
             raise
         if span is not None:
             span.end()
-        health.success(deployment, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        health.success(deployment, seconds)
+        if self.metrics is not None:
+            self.metrics.attempt(group.name, deployment, "success", seconds)
         return answer, None

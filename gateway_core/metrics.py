@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 if TYPE_CHECKING:
     from gateway_core.config import MetricsConfig
+    from gateway_core.routing import Deployment
     from gateway_core.types import RequestContext
 
 #: The variable prometheus-client reads, at import, to write its values to files (multiprocess mode).
@@ -139,7 +140,20 @@ class Metrics:
             "What the DLP filters found, by entity type, direction (request or response) and action.",
             ["owner", "model", "entity_type", "direction", "action"],
         )
+        self.upstream_requests = self.counter(
+            "gateway_upstream_requests_total",
+            "Calls to upstream deployments (retries and fallbacks included), by outcome: success, "
+            "a failure kind or client_error.",
+            ["model", "deployment", "provider", "outcome"],
+        )
+        self.upstream_duration = self.histogram(
+            "gateway_upstream_duration_seconds",
+            "Time of a call to an upstream deployment until its answer (a stream's first event).",
+            ["model", "deployment", "provider"],
+            buckets=DURATION_BUCKETS,
+        )
         self._series: dict[tuple[str, str], _Series] = {}
+        self._upstreams: dict[tuple[str, str], tuple[Histogram, dict[str, Counter]]] = {}
 
     # --- for plugins ----------------------------------------------------------------------------------
 
@@ -208,6 +222,21 @@ class Metrics:
         if findings:
             for (entity_type, direction, action), count in findings.items():
                 self.dlp_findings.labels(owner, model, entity_type, direction, action).inc(count)
+
+    def attempt(self, model: str, deployment: Deployment, outcome: str, seconds: float) -> None:
+        """Count one call to an upstream deployment of the group ``model`` (called by the attempts)."""
+        upstream = self._upstreams.get((model, deployment.id))
+        if upstream is None:
+            labels = (model, deployment.id, deployment.provider.name)
+            upstream = self._upstreams[model, deployment.id] = (self.upstream_duration.labels(*labels), {})
+        duration, outcomes = upstream
+        duration.observe(seconds)
+        counter = outcomes.get(outcome)
+        if counter is None:
+            counter = outcomes[outcome] = self.upstream_requests.labels(
+                model, deployment.id, deployment.provider.name, outcome
+            )
+        counter.inc()
 
     # --- GET /metrics ---------------------------------------------------------------------------------
 

@@ -113,12 +113,39 @@ def test_known_traffic_is_counted_exactly(server: GatewayServer) -> None:
         assert value(found, "gateway_tokens_used_total", **series, token_type=token_type) == expected
     assert value(found, "gateway_cost_usd_total", **series) > 0
     assert value(found, "gateway_requests_in_flight") == 0
+
+    served = {"model": "gpt-4o-mini", "deployment": "gpt-4o-mini/0", "provider": "openai"}
+    assert value(found, "gateway_upstream_requests_total", **served, outcome="success") == 3
+    assert value(found, "gateway_upstream_duration_seconds_count", **served) == 3
+    refused = {"model": "down", "deployment": "down/0", "provider": "openai"}
+    attempts = int(failed.headers["x-lockgate-attempts"])
+    assert value(found, "gateway_upstream_requests_total", **refused, outcome="connection") == attempts
+    upstream_calls = sum(v for (name, _), v in found.items() if name == "gateway_upstream_requests_total")
+    assert upstream_calls == 3 + attempts  # the 404 and the 401 never reached an upstream
     dlp = {
         dict(labels)["entity_type"]: v
         for (name, labels), v in found.items()
         if name == "gateway_dlp_findings_total"
     }
     assert dlp == {"EMAIL_ADDRESS": 1}
+
+
+def test_an_upstream_error_is_counted_with_its_status_and_each_attempt(
+    server: GatewayServer, fake: FakeOpenAI
+) -> None:
+    fake.behave(status=500)
+    failed = chat(server, "gpt-4o-mini")
+    assert failed.status_code >= 500
+    attempts = int(failed.headers["x-lockgate-attempts"])
+
+    found = scrape(server)
+
+    series = {"owner": "test", "model": "gpt-4o-mini"}
+    assert value(found, "gateway_requests_total", **series, status_code=str(failed.status_code)) == 1
+    assert value(found, "gateway_requests_total", **series, status_code="200") == 0
+    served = {"model": "gpt-4o-mini", "deployment": "gpt-4o-mini/0", "provider": "openai"}
+    assert value(found, "gateway_upstream_requests_total", **served, outcome="server_error") == attempts
+    assert value(found, "gateway_upstream_duration_seconds_count", **served) == attempts
 
 
 def test_requests_in_flight_are_counted_while_they_last(server: GatewayServer, fake: FakeOpenAI) -> None:
