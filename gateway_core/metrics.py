@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 if TYPE_CHECKING:
     from gateway_core.config import MetricsConfig
+    from gateway_core.errors import GatewayError
     from gateway_core.routing import Deployment
     from gateway_core.types import RequestContext
 
@@ -140,6 +141,12 @@ class Metrics:
             "What the DLP filters found, by entity type, direction (request or response) and action.",
             ["owner", "model", "entity_type", "direction", "action"],
         )
+        self.errors = self.counter(
+            "gateway_request_errors_total",
+            "Requests answered with an error, by its code (rate_limit_exceeded, model_not_found, "
+            "invalid_api_key, ...; upstream_error for an error the upstream answered).",
+            ["owner", "model", "code"],
+        )
         self.upstream_requests = self.counter(
             "gateway_upstream_requests_total",
             "Calls to upstream deployments (retries and fallbacks included), by outcome: success, "
@@ -185,8 +192,9 @@ class Metrics:
 
     # --- per request ----------------------------------------------------------------------------------
 
-    def record(self, ctx: RequestContext) -> None:
-        """Count a finished request (called once, by the pipeline's ``_finish``)."""
+    def record(self, ctx: RequestContext, error: GatewayError | None = None) -> None:
+        """Count a finished request and the error it was answered with (called once, by the
+        pipeline's ``_finish``)."""
         principal = ctx.principal
         owner = ""
         if principal is not None:
@@ -218,6 +226,9 @@ class Metrics:
                 series.reasoning.inc(usage.reasoning_tokens)
         if ctx.cost:
             series.cost.inc(float(ctx.cost))
+        if error is not None:
+            code = "upstream_error" if error.upstream_status is not None else error.code or ""
+            self.errors.labels(owner, model, code).inc()
         findings = ctx.dlp_findings
         if findings:
             for (entity_type, direction, action), count in findings.items():

@@ -224,7 +224,7 @@ def _finish(
     if settle and gateway.plugins.has_settle:
         gateway.start_settle(ctx)
     if gateway.metrics.enabled:
-        gateway.metrics.record(ctx)
+        gateway.metrics.record(ctx, error)
 
 
 async def _chat(deployment: Deployment, call: ProviderCall) -> CompletedResponse | ChatStream:

@@ -114,6 +114,17 @@ def test_known_traffic_is_counted_exactly(server: GatewayServer) -> None:
     assert value(found, "gateway_cost_usd_total", **series) > 0
     assert value(found, "gateway_requests_in_flight") == 0
 
+    errors = {
+        (dict(labels)["owner"], dict(labels)["model"], dict(labels)["code"]): v
+        for (name, labels), v in found.items()
+        if name == "gateway_request_errors_total"
+    }
+    assert errors == {
+        ("test", "down", failed.json()["error"]["code"]): 1,
+        ("test", "", "model_not_found"): 1,
+        ("", "", "missing_api_key"): 1,
+    }
+
     served = {"model": "gpt-4o-mini", "deployment": "gpt-4o-mini/0", "provider": "openai"}
     assert value(found, "gateway_upstream_requests_total", **served, outcome="success") == 3
     assert value(found, "gateway_upstream_duration_seconds_count", **served) == 3
@@ -146,6 +157,19 @@ def test_an_upstream_error_is_counted_with_its_status_and_each_attempt(
     served = {"model": "gpt-4o-mini", "deployment": "gpt-4o-mini/0", "provider": "openai"}
     assert value(found, "gateway_upstream_requests_total", **served, outcome="server_error") == attempts
     assert value(found, "gateway_upstream_duration_seconds_count", **served) == attempts
+    assert value(found, "gateway_request_errors_total", **series, code="upstream_error") == 1
+
+
+def test_rate_limit_rejections_are_counted_by_code(fake: FakeOpenAI, refused_port: int) -> None:
+    limited = config(fake, refused_port)
+    limited["plugins"] = {"rate_limits": {"defaults": {"rpm": 2}}}
+    with GatewayServer(limited) as server:
+        statuses = [chat(server, "gpt-4o-mini").status_code for _ in range(5)]
+        found = scrape(server)
+    assert statuses == [200, 200, 429, 429, 429]
+    series = {"owner": "test", "model": "gpt-4o-mini"}
+    assert value(found, "gateway_requests_total", **series, status_code="429") == 3
+    assert value(found, "gateway_request_errors_total", **series, code="rate_limit_exceeded") == 3
 
 
 def test_requests_in_flight_are_counted_while_they_last(server: GatewayServer, fake: FakeOpenAI) -> None:
