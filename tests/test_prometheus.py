@@ -53,10 +53,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[GatewayServer]:
     config = {
+        "metrics": {"enabled": True},
         "models": {
             "mock-echo": {"deployments": [{"provider": "mock"}]},
             "mock-stream": {"deployments": [{"provider": "mock", "options": {"chunks": 3}}]},
-        }
+        },
     }
     with GatewayServer(config) as server:
         with openai.OpenAI(base_url=server.base_url, api_key=DEFAULT_TEST_KEY, max_retries=0) as client:

@@ -329,7 +329,10 @@ class HealthConfig(Strict):
 class MetricsConfig(Strict):
     """``GET /metrics``: Prometheus metrics of every worker (docs/observability.md)."""
 
-    enabled: bool = Field(True, description="serve `GET /metrics` and record the request metrics")
+    enabled: bool = Field(
+        False,
+        description="serve `GET /metrics` and record the request metrics (about 3% more work per request)",
+    )
     auth: Literal["none", "bearer"] = Field(
         "none",
         description="`none`: anyone who reaches the port may scrape; `bearer`: scrapes must send "

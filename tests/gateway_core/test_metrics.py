@@ -57,7 +57,7 @@ def config(fake: FakeOpenAI, refused_port: int, **metrics: Any) -> dict[str, Any
             },
         },
         "dlp": {"filters": {"pii_patterns": {}}},
-        "metrics": metrics,
+        "metrics": {"enabled": True, **metrics},
     }
 
 

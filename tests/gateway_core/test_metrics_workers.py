@@ -25,6 +25,7 @@ def test_metrics_add_up_the_requests_of_both_workers(tmp_path: Path) -> None:
     port = free_port()
     config = {
         "server": {"host": "127.0.0.1", "port": port, "workers": 2},
+        "metrics": {"enabled": True},
         "models": {"mock-echo": {"deployments": [{"provider": "mock", "options": {"latency_ms": 20}}]}},
         "plugins": {"config_keys": {"keys": [{"name": "test", "key": DEFAULT_TEST_KEY}]}},
     }
