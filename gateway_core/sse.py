@@ -29,7 +29,7 @@ def error_event(error: GatewayError) -> bytes:
     return sse_event(error.openai_body())
 
 
-def _event_data(event: bytes) -> bytes:
+def event_data(event: bytes) -> bytes:
     """The joined ``data:`` lines of one event."""
     if event.startswith(b"data: ") and b"\n" not in event:  # the usual event: one data line
         return event[6:]
@@ -218,7 +218,7 @@ class PassthroughStream(CheckedSSEStream):
 
         Raises the client's error for a malformed event or an upstream error event.
         """
-        data = _event_data(event)
+        data = event_data(event)
         if not data:  # a comment (keep-alive) or a field without data
             return event
         if data == b"[DONE]":

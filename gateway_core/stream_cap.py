@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from gateway_core.dialects.anthropic import frame as anthropic_frame
 from gateway_core.errors import GatewayError
 from gateway_core.pricing import estimate_prompt_tokens
 from gateway_core.providers import ChatStream, WrappedStream
@@ -149,12 +150,12 @@ class CappedStream(WrappedStream):
         index = int(found.group(1)) if found else 0
         delta = {"stop_reason": "max_tokens", "stop_sequence": None}
         return (
-            _frame("content_block_stop", {"type": "content_block_stop", "index": index})
-            + _frame(
+            anthropic_frame("content_block_stop", {"type": "content_block_stop", "index": index})
+            + anthropic_frame(
                 "message_delta",
                 {"type": "message_delta", "delta": delta, "usage": {"output_tokens": self.relayed}},
             )
-            + _frame("message_stop", {"type": "message_stop"})
+            + anthropic_frame("message_stop", {"type": "message_stop"})
         )
 
     # --- canonical chunks --------------------------------------------------------------------------
@@ -205,7 +206,3 @@ def _openai_head(event: bytes) -> dict[str, Any]:
         "created": chunk.get("created") or int(time.time()),
         "model": chunk.get("model") or "",
     }
-
-
-def _frame(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -1305,7 +1305,8 @@ def encode_messages_response(resp: Mapping[str, Any], *, model: str) -> dict[str
     }
 
 
-def _frame(name: str, payload: Mapping[str, Any]) -> bytes:
+def frame(name: str, payload: Mapping[str, Any]) -> bytes:
+    """One Anthropic SSE event: ``event: name`` and its JSON ``data``."""
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -1367,7 +1368,7 @@ class MessagesStreamEncoder:
     def error(self, err: GatewayError) -> bytes:
         """An Anthropic ``error`` event; the SDKs raise it as an API error."""
         self._ended = True
-        return _frame(
+        return frame(
             "error", {"type": "error", "error": {"type": anthropic_error_type(err), "message": err.message}}
         )
 
@@ -1390,13 +1391,13 @@ class MessagesStreamEncoder:
                 "output_tokens": 0,
             },
         }
-        return [_frame("message_start", {"type": "message_start", "message": message})]
+        return [frame("message_start", {"type": "message_start", "message": message})]
 
     def _ping(self) -> list[bytes]:
         if self._pinged:
             return []
         self._pinged = True
-        return [_frame("ping", {"type": "ping"})]
+        return [frame("ping", {"type": "ping"})]
 
     def _open_block(self, kind: str | int, block: dict[str, Any]) -> list[bytes]:
         out = self._close()
@@ -1404,7 +1405,7 @@ class MessagesStreamEncoder:
         index = self._blocks
         self._blocks += 1
         out.append(
-            _frame(
+            frame(
                 "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
             )
         )
@@ -1414,10 +1415,10 @@ class MessagesStreamEncoder:
         if self._open is None:
             return []
         self._open = None
-        return [_frame("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]
+        return [frame("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]
 
     def _delta(self, index: int, delta: dict[str, Any]) -> bytes:
-        return _frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        return frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
     def _text(self, text: str) -> list[bytes]:
         out = [] if self._open == "text" else self._open_block("text", {"type": "text", "text": ""})
@@ -1453,12 +1454,12 @@ class MessagesStreamEncoder:
         out = self._close() + self._ping()
         delta = {"stop_reason": self._stop_reason or "end_turn", "stop_sequence": None}
         out.append(
-            _frame(
+            frame(
                 "message_delta",
                 {"type": "message_delta", "delta": delta, "usage": _anthropic_usage(self._usage)},
             )
         )
-        out.append(_frame("message_stop", {"type": "message_stop"}))
+        out.append(frame("message_stop", {"type": "message_stop"}))
         return out
 
 

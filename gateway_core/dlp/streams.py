@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway_core.dialects.anthropic import encode_error as anthropic_error_body
+from gateway_core.dialects.anthropic import frame as anthropic_frame
 from gateway_core.dlp.actions import Blocked
 from gateway_core.errors import GatewayError
 from gateway_core.providers import ChatStream, WrappedStream
-from gateway_core.sse import SSEFramer, error_event
+from gateway_core.sse import SSEFramer, error_event, event_data
 
 if TYPE_CHECKING:
     from gateway_core.dlp.engine import DlpSession
@@ -260,8 +261,8 @@ class DlpStream(WrappedStream):
 
     async def _openai_event(self, event: bytes) -> bytes:
         whole = event + b"\n\n"
-        data = _data(event)
-        if data is None:
+        data = event_data(event)
+        if not data:
             return whole
         if data == b"[DONE]":
             return await self._openai_rest() + whole
@@ -286,8 +287,8 @@ class DlpStream(WrappedStream):
 
     async def _anthropic_event(self, event: bytes) -> bytes:
         whole = event + b"\n\n"
-        data = _data(event)
-        if data is None:
+        data = event_data(event)
+        if not data:
             return whole
         try:
             payload = orjson.loads(data)
@@ -313,7 +314,7 @@ class DlpStream(WrappedStream):
                     out = await self._release(self._channel((index,), False), value)
                     if out != value and self.rewrite:
                         block[key] = out
-                        return _anthropic_frame("content_block_start", payload)
+                        return anthropic_frame("content_block_start", payload)
             return whole
         if kind == "content_block_delta":
             delta = payload.get("delta")
@@ -330,7 +331,7 @@ class DlpStream(WrappedStream):
             if not out:
                 return b""
             delta[key] = out
-            return _anthropic_frame("content_block_delta", payload)
+            return anthropic_frame("content_block_delta", payload)
         if kind == "content_block_stop":
             return await self._anthropic_flush([(index,)]) + whole
         if kind in ("message_delta", "message_stop", "error"):
@@ -354,17 +355,5 @@ class DlpStream(WrappedStream):
                     "index": key[0],
                     "delta": {"type": delta_type, text_key: rest},
                 }
-                out += _anthropic_frame("content_block_delta", payload)
+                out += anthropic_frame("content_block_delta", payload)
         return out
-
-
-def _data(event: bytes) -> bytes | None:
-    """The joined ``data:`` lines of an event (None when it has none)."""
-    if event.startswith(b"data: ") and b"\n" not in event:
-        return event[6:]
-    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None
-
-
-def _anthropic_frame(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
