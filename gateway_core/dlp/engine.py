@@ -305,7 +305,9 @@ class Dlp:
 
 
 def _plain(layer: Any) -> Any:
-    return layer.model_dump(exclude_none=True) if isinstance(layer, DlpOverride) else layer
+    """A layer as part of a cache key: the configuration's overrides live as long as the gateway, so
+    their identity names them (no dump per request); the database's are plain JSON already."""
+    return f"config:{id(layer)}" if isinstance(layer, DlpOverride) else layer
 
 
 class DlpSession:
